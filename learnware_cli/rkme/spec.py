@@ -1,0 +1,362 @@
+"""The RKME table specification: a NumPy-facing layer over ``kernels``.
+
+Arrays cross into JAX here, padded to a few bucketed shapes so that the
+compiled programs (kept in JAX's persistent cache) are reused across data sets
+of similar size instead of recompiled for each one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from learnware_cli.errors import InputError, SpecError
+from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
+from learnware_cli.rkme import kernels
+
+import jax
+import jax.numpy as jnp
+
+SPEC_TYPE = "RKMETableSpecification"
+DEFAULT_GAMMA = 0.1
+DEFAULT_K = 100
+DEFAULT_STEPS = 3
+
+
+@dataclass
+class RKMESpec:
+    """A reduced set z (K, d) with simplex weights beta (K,), for kernel width gamma.
+
+    ``num_points`` is the number of rows it was fitted on (kept for the
+    reference format; it does not enter any computation).
+    """
+
+    z: np.ndarray
+    beta: np.ndarray
+    gamma: float = DEFAULT_GAMMA
+    num_points: int = 0
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.z.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.z.shape[0])
+
+    def to_json_dict(self) -> dict:
+        """The reference package's JSON layout (loadable by ``RKMETableSpecification.load``)."""
+        return {
+            "type": SPEC_TYPE,
+            "gamma": float(self.gamma),
+            "num_points": int(self.num_points),
+            "cuda_idx": -1,
+            "device": "cpu",
+            "z": np.asarray(self.z, dtype=np.float64).tolist(),
+            "beta": np.asarray(self.beta, dtype=np.float64).tolist(),
+        }
+
+    @classmethod
+    def from_json_dict(cls, obj: dict, source: str = "spec") -> "RKMESpec":
+        """Parse and validate; any defect is a SpecError naming it."""
+        if not isinstance(obj, dict):
+            raise SpecError(f"{source}: expected a JSON object")
+        kind = obj.get("type", SPEC_TYPE)
+        if kind not in (SPEC_TYPE, "RKMEStatSpecification"):
+            raise SpecError(f"{source}: unsupported specification type {kind!r} (expected {SPEC_TYPE})")
+        for key in ("z", "beta"):
+            if key not in obj:
+                raise SpecError(f"{source}: missing field {key!r}")
+        try:
+            z = np.asarray(obj["z"], dtype=np.float64)
+            beta = np.asarray(obj["beta"], dtype=np.float64).reshape(-1)
+            gamma = float(obj.get("gamma", DEFAULT_GAMMA))
+            num_points = int(obj.get("num_points", 0))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"{source}: z, beta and gamma must be numbers ({exc})") from None
+        if z.ndim > 2:
+            z = z.reshape(z.shape[0], -1)
+        if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
+            raise SpecError(f"{source}: z must be a non-empty K x d matrix, got shape {z.shape}")
+        if beta.shape[0] != z.shape[0]:
+            raise SpecError(f"{source}: beta has {beta.shape[0]} weights but z has {z.shape[0]} points")
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(beta))):
+            raise SpecError(f"{source}: z and beta must be finite (found NaN or Inf)")
+        if not (math.isfinite(gamma) and gamma > 0):
+            raise SpecError(f"{source}: gamma must be a positive number, got {gamma}")
+        extra = {k: v for k, v in obj.items() if k not in ("type", "gamma", "num_points", "z", "beta")}
+        return cls(z=z, beta=beta, gamma=gamma, num_points=num_points, extra=extra)
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_json_dict(), separators=(",", ":")))
+
+    @classmethod
+    def load(cls, path) -> "RKMESpec":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"{path}: cannot read ({exc})") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_json_dict(obj, source=str(path))
+
+    def weight_sum_error(self) -> float:
+        return abs(float(np.sum(self.beta)) - 1.0)
+
+
+def clean_data(x) -> np.ndarray:
+    """Validate a data matrix and replace NaN/Inf cells by their column's finite mean.
+
+    (n, d) array-like -> float64 (n, d). Raises InputError for a non-2-D or
+    empty array, a non-numeric one, or a column with no finite value.
+    """
+    try:
+        x = np.array(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"data must be numeric ({exc})") from None
+    if x.ndim != 2:
+        raise InputError(f"data must be a 2-D table (rows x columns), got {x.ndim}-D shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"data is empty (shape {x.shape})")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        finite_count = (~bad).sum(axis=0)
+        empty = np.flatnonzero(finite_count == 0)
+        if empty.size:
+            raise InputError(f"column {int(empty[0])} has no finite value (all NaN or Inf)")
+        col_means = np.where(bad, 0.0, x).sum(axis=0) / finite_count
+        x = np.where(bad, col_means[None, :], x)
+    return x
+
+
+def _bucket(n: int, floor: int) -> int:
+    """Round n up to one of 4 sizes per power of two (<= 25 % padding), at least floor."""
+    if n <= floor:
+        return floor
+    step = 2 ** max(int(math.floor(math.log2(n))) - 2, 0)
+    return int(math.ceil(n / step) * step)
+
+
+def _pad_columns(d: int) -> int:
+    return int(math.ceil(d / 4) * 4)
+
+
+_kmeans = jax.jit(kernels.kmeans, static_argnames=("k", "iterations"))
+_weights = jax.jit(kernels.optimal_weights)
+_refine = jax.jit(kernels.refine_points)
+_error = jax.jit(kernels.approximation_error)
+
+
+def fit_rkme(
+    x,
+    k: int = DEFAULT_K,
+    gamma: float = DEFAULT_GAMMA,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    step_size: float = 0.5,
+    kmeans_iterations: int = 25,
+    on_stage: Optional[Callable[[str, int, int], None]] = None,
+) -> RKMESpec:
+    """Fit an RKME of reduced-set size k to the rows of x.
+
+    Minimises ||(1/n) sum_i k(x_i, .) - sum_j beta_j k(z_j, .)||^2 over z (k, d)
+    and beta on the simplex: z starts at weighted k-means++/Lloyd centers, beta
+    is the exact simplex QP solution, then ``steps`` rounds of (descent step on
+    z, QP re-solve of beta). Deterministic for a seed. If k >= n the rows
+    themselves, equally weighted, are the exact answer.
+
+    on_stage(name, done, total) is called between stages for progress displays.
+    """
+    x = clean_data(x)
+    n, d = x.shape
+    if k < 1:
+        raise InputError(f"K must be at least 1, got {k}")
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise InputError(f"gamma must be a positive number, got {gamma}")
+    total = 2 + steps
+    report = on_stage or (lambda *_: None)
+    if k >= n:
+        report("exact", total, total)
+        return RKMESpec(z=x.copy(), beta=np.full(n, 1.0 / n), gamma=float(gamma), num_points=n)
+
+    xj, wj = _padded(x)
+    gamma_j = jnp.asarray(float(gamma))
+
+    report("k-means", 0, total)
+    z = _kmeans(jax.random.PRNGKey(seed), *_kmeans_sample(x, seed), k=k, iterations=kmeans_iterations)
+    report("weights", 1, total)
+    beta = _weights(z, xj, wj, gamma_j)
+    for step in range(steps):
+        report("refine", 2 + step, total)
+        z = _refine(z, beta, xj, wj, gamma_j, step_size)
+        beta = _weights(z, xj, wj, gamma_j)
+    report("done", total, total)
+    z_np = np.asarray(z)[:, :d]
+    beta_np = np.asarray(beta)
+    return RKMESpec(z=z_np, beta=beta_np / beta_np.sum(), gamma=float(gamma), num_points=n)
+
+
+KMEANS_SAMPLE = 8192
+
+
+def _kmeans_sample(x: np.ndarray, seed: int):
+    """Rows for the k-means initialisation: all of them, or a uniform sample of KMEANS_SAMPLE.
+
+    The centers only seed the QP and descent steps that follow, which see every
+    row, so clustering a sample (as the reference's mini-batch k-means does)
+    costs no accuracy while it keeps the start cheap on big data.
+    """
+    if x.shape[0] > KMEANS_SAMPLE:
+        x = x[np.random.default_rng(seed).choice(x.shape[0], KMEANS_SAMPLE, replace=False)]
+    return _padded(x)
+
+
+def _padded(x: np.ndarray):
+    """x (n, d) -> (x_pad (n_pad, d_pad), a (n_pad,)): zero rows with zero weight, zero columns.
+
+    Zero columns leave every distance unchanged and zero-weight rows every sum,
+    so results are exact while shapes fall into few buckets.
+    """
+    n, d = x.shape
+    n_pad, d_pad = _bucket(n, 256), _pad_columns(d)
+    xp = np.zeros((n_pad, d_pad))
+    xp[:n, :d] = x
+    weights = np.zeros(n_pad)
+    weights[:n] = 1.0 / n
+    return jnp.asarray(xp), jnp.asarray(weights)
+
+
+def approximation_error(spec: RKMESpec, x) -> float:
+    """||RKME - empirical KME(x)||^2, the quantity fit_rkme minimises."""
+    x = clean_data(x)
+    n = x.shape[0]
+    return float(_error(jnp.asarray(spec.z), jnp.asarray(spec.beta), jnp.asarray(x), jnp.full(n, 1.0 / n), spec.gamma))
+
+
+def _check_compatible(a: RKMESpec, b: RKMESpec) -> None:
+    if a.dim != b.dim:
+        raise SpecError(f"specifications have different dimensions ({a.dim} vs {b.dim})")
+    if not math.isclose(a.gamma, b.gamma, rel_tol=1e-9):
+        raise SpecError(f"specifications use different gamma ({a.gamma} vs {b.gamma})")
+
+
+_inner = jax.jit(kernels.inner_product)
+_mmd2 = jax.jit(kernels.mmd2)
+
+
+def inner_product(a: RKMESpec, b: RKMESpec) -> float:
+    """<a, b> in the RKHS: beta_a^T k(z_a, z_b) beta_b."""
+    _check_compatible(a, b)
+    return float(_inner(a.z, a.beta, b.z, b.beta, a.gamma))
+
+
+def mmd2(a: RKMESpec, b: RKMESpec) -> float:
+    """MMD^2 between two specifications: <a,a> - 2<a,b> + <b,b>."""
+    _check_compatible(a, b)
+    return float(_mmd2(a.z, a.beta, b.z, b.beta, a.gamma))
+
+
+STACK_BLOCK = 256
+
+
+@dataclass
+class SpecStack:
+    """M specifications of one dimension and gamma, padded into dense arrays.
+
+    zs (M_pad, K_max, d), betas (M_pad, K_max) with zero-weight padding (padded
+    points and padded specs contribute nothing), self_products (M_pad,) = <S_m, S_m>,
+    computed once so a query costs only the cross term.
+    """
+
+    zs: np.ndarray
+    betas: np.ndarray
+    self_products: np.ndarray
+    gamma: float
+    count: int
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[RKMESpec], block: int = STACK_BLOCK) -> "SpecStack":
+        if not specs:
+            raise SpecError("no specifications to stack")
+        for other in specs[1:]:
+            _check_compatible(specs[0], other)
+        m, d = len(specs), specs[0].dim
+        k_max = max(s.size for s in specs)
+        m_pad = int(math.ceil(m / block) * block)
+        zs = np.zeros((m_pad, k_max, d))
+        betas = np.zeros((m_pad, k_max))
+        for i, s in enumerate(specs):
+            zs[i, : s.size] = s.z
+            betas[i, : s.size] = s.beta
+        selfs = np.asarray(_self_products(jnp.asarray(zs), jnp.asarray(betas), specs[0].gamma))
+        return cls(zs=zs, betas=betas, self_products=selfs, gamma=float(specs[0].gamma), count=m)
+
+
+_self_products = jax.jit(kernels.self_inner_products)
+_cross = jax.jit(kernels.cross_inner_products, static_argnames=("block",))
+
+
+def mmd2_to_many(user: RKMESpec, stack: SpecStack) -> np.ndarray:
+    """MMD^2 from one spec to every spec of a stack, in one jitted call -> (M,)."""
+    if user.dim != stack.zs.shape[2]:
+        raise SpecError(f"specification has dimension {user.dim}, the stack has {stack.zs.shape[2]}")
+    if not math.isclose(user.gamma, stack.gamma, rel_tol=1e-9):
+        raise SpecError(f"specification uses gamma {user.gamma}, the stack uses {stack.gamma}")
+    block = min(STACK_BLOCK, stack.zs.shape[0])
+    cross = np.asarray(_cross(user.z, user.beta, stack.zs, stack.betas, user.gamma, block=block))
+    own = float(_inner(user.z, user.beta, user.z, user.beta, user.gamma))
+    return (own - 2.0 * cross + stack.self_products)[: stack.count]
+
+
+def _gram(zs, betas, gamma):
+    return jax.vmap(lambda z1, b1: jax.vmap(lambda z2, b2: kernels.inner_product(z1, b1, z2, b2, gamma))(zs, betas))(
+        zs, betas
+    )
+
+
+_gram_jit = jax.jit(_gram)
+_qp = jax.jit(kernels.solve_simplex_qp)
+
+
+def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarray, float, float]:
+    """Simplex weights w minimising ||user - sum_m w_m S_m||^2.
+
+    Solves min 1/2 w^T G w - c^T w, w >= 0, sum w = 1 with G_mn = <S_m, S_n>,
+    c_m = <S_m, user>. Returns (w, objective, mixture MMD^2 = <u,u> + 2 objective).
+    """
+    stack = SpecStack.from_specs(list(specs), block=1)
+    gram = np.asarray(_gram_jit(stack.zs, stack.betas, stack.gamma))
+    cross = np.array([inner_product(s, user) for s in specs])
+    w = np.asarray(_qp(jnp.asarray(gram), jnp.asarray(cross)))
+    objective = float(0.5 * w @ gram @ w - cross @ w)
+    own = inner_product(user, user)
+    return w, objective, own + 2.0 * objective
+
+
+_herd = jax.jit(kernels.herd, static_argnames=("n_samples", "n_candidates"))
+
+
+def herd(spec: RKMESpec, n_samples: int, seed: int = 0, n_candidates: Optional[int] = None, spread: float = 0.25):
+    """Draw n_samples synthetic rows (n_samples, d) that follow the spec, by kernel herding.
+
+    Candidates come from sum_j beta_j N(z_j, spread^2 I) (spread 0.25 as in the
+    reference); n_candidates defaults to min(100 * n_samples, 50 000).
+    """
+    if n_samples < 1:
+        raise InputError(f"number of samples must be at least 1, got {n_samples}")
+    if n_candidates is None:
+        n_candidates = min(100 * n_samples, 50_000)
+    out = _herd(jax.random.PRNGKey(seed), jnp.asarray(spec.z), jnp.asarray(spec.beta), spec.gamma, n_samples, n_candidates, spread)
+    return np.asarray(out)
