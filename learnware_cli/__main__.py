@@ -1,0 +1,3 @@
+from learnware_cli.cli.app import entry
+
+entry()

@@ -1,0 +1,150 @@
+"""`make bench`: speed figures for lw, as a table (median of several runs).
+
+    python -m learnware_cli.bench [--only fit,spec-cold,mmd,submit,search] [--quick] [--json]
+
+Reference figures (the `learnware` package on this machine class, 2 cores,
+from the issues): fit 0.12 s / 0.32 s / 1.34 s at (1000,10) / (5000,20) /
+(20000,50), K = 100; search 0.31 s at 1 000 learnwares, linear in M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REFERENCE_FIT_S = {(1000, 10): 0.12, (5000, 20): 0.32, (20000, 50): 1.34}
+ROWS: list[dict] = []
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def record(section: str, case: str, seconds: float, note: str = "", target: str = "") -> None:
+    ROWS.append({"section": section, "case": case, "seconds": seconds, "note": note, "target": target})
+    if not ARGS.json:
+        print(f"  {section:<10} {case:<34} {seconds:9.4f} s  {note}", file=sys.stderr, flush=True)
+
+
+def synthetic_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(8, d)) * 3
+    return centers[rng.integers(0, 8, size=n)] + rng.normal(size=(n, d))
+
+
+def bench_fit() -> None:
+    from learnware_cli.rkme import approximation_error, fit_rkme
+
+    sizes = [(1000, 10), (5000, 20), (20000, 50)] + ([] if ARGS.quick else [(100000, 50)])
+    for n, d in sizes:
+        x = synthetic_rows(n, d)
+        fit_rkme(x, k=100)  # compile (or load from the persistent cache)
+        seconds = median_time(lambda: fit_rkme(x, k=100), 3 if n > 20000 else 5)
+        ref = REFERENCE_FIT_S.get((n, d))
+        note = f"{ref / seconds:.1f}x faster than reference {ref} s" if ref else ""
+        if n <= 5000:
+            err = approximation_error(fit_rkme(x, k=100), x)
+            note += f"; error {err:.2e}"
+        record("fit", f"warm fit {n}x{d}, K=100", seconds, note, "5x reference" if ref else "")
+
+
+def bench_fit_quality() -> None:
+    """Our error / the reference's at the same K and gamma, on shared/reference/fit_quality.json."""
+    from learnware_cli.rkme import approximation_error, fit_rkme
+
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "fit_quality.json"
+    if not path.exists():
+        return
+    for case in json.loads(path.read_text())["fits"]:
+        x = np.array(case["X"])
+        started = time.perf_counter()
+        spec = fit_rkme(x, k=case["K"], gamma=case["gamma"])
+        seconds = time.perf_counter() - started
+        ratio = approximation_error(spec, x) / case["reference_error"]
+        record("quality", f"fit {x.shape[0]}x{x.shape[1]}, K={case['K']} (incl. compile)", seconds, f"error = {ratio:.3f} x reference", "<= 1.05")
+
+
+def bench_spec_cold() -> None:
+    x = synthetic_rows(1000, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "x.csv"
+        np.savetxt(data, x, delimiter=",")
+        cmd = [sys.executable, "-m", "learnware_cli", "spec", str(data), "--out", str(Path(tmp) / "s.json"), "--json"]
+        subprocess.run(cmd, check=True, capture_output=True)  # fills the persistent compile cache
+        seconds = median_time(lambda: subprocess.run(cmd, check=True, capture_output=True), 3)
+    record("cli", "cold `lw spec` 1000x10 (process)", seconds, "includes Python + JAX start-up")
+
+
+def bench_mmd() -> None:
+    from learnware_cli.rkme.spec import RKMESpec, SpecStack, mmd2_to_many
+
+    rng = np.random.default_rng(0)
+    user = RKMESpec(z=rng.normal(size=(100, 20)), beta=np.full(100, 0.01), gamma=0.1)
+    for m in [1000, 10000] + ([] if ARGS.quick else [100000]):
+        zs = rng.normal(size=(m, 100, 20)).astype(np.float32)
+        betas = rng.uniform(size=(m, 100)).astype(np.float32)
+        betas /= betas.sum(axis=1, keepdims=True)
+        started = time.perf_counter()
+        stack = SpecStack.from_arrays(zs, betas, 0.1)
+        build = time.perf_counter() - started
+        mmd2_to_many(user, stack)
+        seconds = median_time(lambda: mmd2_to_many(user, stack), 5)
+        mem = (stack.zs.nbytes + stack.betas.nbytes + stack.self_products.nbytes) / m
+        target = "< 1 s" if m == 100000 else ""
+        record("mmd", f"MMD^2 to {m} specs (K=100, d=20)", seconds, f"stack {mem / 1024:.1f} KiB/spec, built in {build:.1f} s", target)
+        del stack, zs, betas
+
+
+SECTIONS = {
+    "fit": bench_fit,
+    "quality": bench_fit_quality,
+    "spec-cold": bench_spec_cold,
+    "mmd": bench_mmd,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    global ARGS
+    parser = argparse.ArgumentParser(description="lw benchmarks")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections: " + ", ".join(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="skip the largest sizes")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ARGS = parser.parse_args(argv)
+    os.environ.setdefault("LW_JAX_CACHE", str(Path.home() / ".cache" / "lw" / "jax"))
+    import jax
+
+    for name in ARGS.only.split(","):
+        SECTIONS[name.strip()]()
+    if ARGS.json:
+        print(json.dumps({"device": str(jax.devices()[0]), "rows": ROWS}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"lw bench on {jax.devices()[0].platform} ({os.cpu_count()} cores)")
+    for column in ("section", "case", "median s", "target", "note"):
+        table.add_column(column)
+    for row in ROWS:
+        table.add_row(row["section"], row["case"], f"{row['seconds']:.4f}", row["target"], row["note"])
+    Console().print(table)
+
+
+ARGS = argparse.Namespace(json=False, quick=False)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""`lw list`, `lw show`, `lw versions`, `lw remove`, `lw reindex`: looking after a market."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
+from learnware_cli.cli.output import Output, key_values, table
+
+
+def _semantic_value(entry: dict, key: str) -> str:
+    values = entry.get("semantic", {}).get(key, {}).get("Values", "")
+    return ", ".join(values) if isinstance(values, list) else str(values)
+
+
+def summary(entry: dict) -> dict:
+    """The fields of an entry a listing shows (and --json returns)."""
+    latest = entry["versions"][-1]
+    return {
+        "id": entry["id"],
+        "name": entry.get("name", ""),
+        "version": latest["version"],
+        "versions": len(entry["versions"]),
+        "task": _semantic_value(entry, "Task"),
+        "data": _semantic_value(entry, "Data"),
+        "scenario": _semantic_value(entry, "Scenario"),
+        "input_dim": latest.get("input_dim"),
+        "output_dim": latest.get("output_dim"),
+        "submitted": latest["submitted"],
+    }
+
+
+def list_learnwares(
+    market: Optional[Path] = MARKET_OPTION,
+    tag: List[str] = typer.Option([], "--tag", "-t", help="Filter Key=Value (repeatable), e.g. Task=Regression."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name/description text (substring, else fuzzy)."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """List the learnwares in a market.
+
+    Example: lw list --market ./market --tag Task=Classification --name diabetes
+    """
+    from learnware_cli.search.semantic import parse_tag_filters, semantic_search
+
+    opened = open_market(market)
+    query = parse_tag_filters(tag, opened.vocabulary)
+    found = semantic_search(opened.entries(), query, name, opened.vocabulary)
+    rows = [summary(entry) for entry, _ in found]
+    columns = ["id", "name", "version", "task", "scenario", "input_dim", "output_dim", "submitted"]
+    Output(json_output).emit(
+        {"ok": True, "market": str(opened.root), "count": len(rows), "learnwares": rows},
+        lambda c: c.print(table(f"{opened.name}: {len(rows)} learnware(s)", columns, [[r[k] for k in columns] for r in rows])),
+    )
+
+
+def _parse_ref(ref: str) -> tuple[str, Optional[int]]:
+    """'ID' or 'ID@VERSION' -> (id, version or None)."""
+    from learnware_cli.errors import InputError
+
+    learnware_id, _, version = ref.partition("@")
+    if not version:
+        return learnware_id, None
+    try:
+        return learnware_id, int(version.lstrip("v"))
+    except ValueError:
+        raise InputError(f"bad version in {ref!r}: expected ID@N, e.g. 00000001@2") from None
+
+
+def show(
+    ref: str = typer.Argument(..., help="Learnware id, optionally @version (e.g. 00000001@2)."),
+    market: Optional[Path] = MARKET_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Show one learnware: semantic specification, RKME summary, versions and check report.
+
+    Example: lw show 00000001 --market ./market
+    """
+    from learnware_cli.rkme.spec import RKMESpec
+
+    opened = open_market(market)
+    learnware_id, version = _parse_ref(ref)
+    entry = opened.entry(learnware_id)
+    record = opened.version_record(entry, version)
+    folder = opened.path(record["path"])
+    semantic = json.loads((folder / "semantic.json").read_text())
+    report_path = folder / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    with open(folder / "rkme.json") as fh:
+        raw = json.load(fh)
+    spec = RKMESpec.from_json_dict(raw, source=str(folder / "rkme.json"))
+    spec_summary = {"type": "RKMETableSpecification", "K": spec.size, "dim": spec.dim, "gamma": spec.gamma, "num_points": spec.num_points}
+    data = {"ok": True, "id": learnware_id, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report}
+
+    def human(console):
+        console.print(f"[bold]{entry.get('name', '')}[/] ({learnware_id} v{record['version']})")
+        pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
+        pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
+        pairs += [("RKME", f"K={spec.size}, d={spec.dim}, gamma={spec.gamma:g}, fitted on {spec.num_points} rows")]
+        pairs += [("checksum", record["checksum"][:16] + "…")]
+        console.print(key_values(pairs))
+        console.print(table("versions", ["version", "submitted", "checksum", "notes"], [[r["version"], r["submitted"], r["checksum"][:12], r.get("notes", "")] for r in entry["versions"]]))
+        checks = report.get("checks", [])
+        if checks:
+            console.print(table("checks", ["check", "result", "seconds"], [[c.get("name"), c.get("status", "passed"), c.get("seconds", "")] for c in checks]))
+
+    Output(json_output).emit(data, human)
+
+
+def versions(
+    learnware_id: str = typer.Argument(..., help="Learnware id."),
+    market: Optional[Path] = MARKET_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """List every version of a learnware (search and reuse use the latest unless told).
+
+    Example: lw versions 00000001 --market ./market
+    """
+    opened = open_market(market)
+    entry = opened.entry(learnware_id)
+    rows = entry["versions"]
+    columns = ["version", "submitted", "checksum", "price", "notes"]
+    Output(json_output).emit(
+        {"ok": True, "id": learnware_id, "versions": rows},
+        lambda c: c.print(table(f"{learnware_id}: {entry.get('name', '')}", columns, [[r["version"], r["submitted"], r["checksum"][:16], r.get("price"), r.get("notes", "")] for r in rows])),
+    )
+
+
+def remove(
+    ref: str = typer.Argument(..., help="Learnware id, or ID@VERSION to drop one version."),
+    market: Optional[Path] = MARKET_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Remove a learnware (all versions) or one version, atomically.
+
+    Example: lw remove 00000003 --market ./market
+    """
+    opened = open_market(market)
+    learnware_id, version = _parse_ref(ref)
+    opened.remove(learnware_id, version)
+    what = f"{learnware_id}" + (f" version {version}" if version else "")
+    Output(json_output).emit({"ok": True, "removed": learnware_id, "version": version}, lambda c: c.print(f"Removed {what}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_learnwares)
+    app.command("show")(show)
+    app.command("versions")(versions)
+    app.command("remove")(remove)

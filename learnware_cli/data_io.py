@@ -1,0 +1,129 @@
+"""Reading and writing the user's tables: CSV (with or without header), .npy, .npz.
+
+Every defect is an InputError whose message names the file and, where it
+helps, the line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from learnware_cli.errors import InputError
+
+MAX_CSV_SNIFF = 64 * 1024
+
+
+def _parse_float(cell: str) -> float:
+    cell = cell.strip()
+    if cell == "" or cell.lower() in ("nan", "na", "null", "none"):
+        return math.nan
+    return float(cell)
+
+
+def _is_numeric_row(row: list[str]) -> bool:
+    try:
+        for cell in row:
+            _parse_float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
+    """CSV -> (float64 (n, d), header or None). Missing cells become NaN.
+
+    A first row that does not parse as numbers is taken as a header.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text CSV file") from None
+    if not text.strip():
+        raise InputError(f"{path}: file is empty")
+    try:
+        dialect = csv.Sniffer().sniff(text[:MAX_CSV_SNIFF], delimiters=",;\t ")
+        delimiter = dialect.delimiter
+    except csv.Error:
+        delimiter = ","
+    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in row)]
+    header = None
+    if rows and not _is_numeric_row(rows[0]):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if not rows:
+        raise InputError(f"{path}: no data rows")
+    width = len(header) if header else len(rows[0])
+    out = np.empty((len(rows), width))
+    for i, row in enumerate(rows):
+        line = i + (2 if header else 1)
+        if len(row) != width:
+            raise InputError(f"{path}: line {line} has {len(row)} columns, expected {width} (ragged rows)")
+        for j, cell in enumerate(row):
+            try:
+                out[i, j] = _parse_float(cell)
+            except ValueError:
+                name = f" ({header[j]!r})" if header else ""
+                raise InputError(f"{path}: line {line}, column {j}{name}: {cell.strip()!r} is not a number") from None
+    return out, header
+
+
+def read_table(path) -> np.ndarray:
+    """Load a 2-D numeric table from .csv/.txt/.tsv, .npy or .npz (first array) -> float64 (n, d).
+
+    1-D arrays are read as one column (a label vector).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a data file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: cannot read as NumPy data ({exc})") from None
+        if suffix == ".npz":
+            if not loaded.files:
+                raise InputError(f"{path}: the .npz archive holds no array")
+            arr = loaded[loaded.files[0]]
+        else:
+            arr = loaded
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{path}: array has non-numeric dtype {arr.dtype}")
+        arr = np.asarray(arr, dtype=np.float64)
+    else:
+        arr, _ = read_csv(path)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D table, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{path}: no data (shape {arr.shape})")
+    return arr
+
+
+def read_vector(path) -> np.ndarray:
+    """A label/target file: one column -> (n,); several columns -> (n, d)."""
+    arr = read_table(path)
+    return arr[:, 0] if arr.shape[1] == 1 else arr
+
+
+def write_table(path, arr) -> None:
+    """Write predictions to .npy or CSV (no header), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(arr)
+    if path.suffix.lower() == ".npy":
+        np.save(path, arr, allow_pickle=False)
+        return
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    fmt = "%d" if arr.dtype.kind in "biu" else "%.10g"
+    np.savetxt(path, arr, delimiter=",", fmt=fmt)

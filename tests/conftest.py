@@ -1,0 +1,53 @@
+"""Shared fixtures: reference figures from ../shared and a CLI runner that stays in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "reference"
+
+# keep the tests' compiled programs out of the user's cache, but share them across tests
+os.environ.setdefault("LW_JAX_CACHE", str(ROOT / ".jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def reference():
+    def load(name: str) -> dict:
+        path = SHARED / name
+        if not path.exists():
+            pytest.skip(f"reference figures not found at {path}")
+        return json.loads(path.read_text())
+
+    return load
+
+
+@pytest.fixture
+def lw(capsys):
+    """Run `lw ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from learnware_cli.cli.app import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def lw_json(lw):
+    """Run `lw ARGS... --json`; returns (exit code, parsed JSON document)."""
+
+    def run(*args):
+        code, out, err = lw(*args, "--json")
+        try:
+            return code, json.loads(out)
+        except json.JSONDecodeError:
+            raise AssertionError(f"not JSON (exit {code}): {out!r} / stderr {err!r}")
+
+    return run
