@@ -63,3 +63,48 @@ def sample_mixture(regions: list[Region], proportions: list[float], n: int, rng:
         origin.append(np.full(count, i))
     order = rng.permutation(n)
     return np.concatenate(xs)[order], np.concatenate(ys)[order], np.concatenate(origin)[order]
+
+
+def spec_only_semantic(name: str, dim: int, task: str = "Regression", scenario: str = "Others", output_dim: int = 1) -> dict:
+    """A valid semantic specification for synthetic entries."""
+    return {
+        "Data": {"Values": ["Table"], "Type": "Class"},
+        "Task": {"Values": [task], "Type": "Class"},
+        "Library": {"Values": ["Scikit-learn"], "Type": "Class"},
+        "Scenario": {"Values": [scenario], "Type": "Tag"},
+        "License": {"Values": ["MIT"], "Type": "Class"},
+        "Name": {"Values": name, "Type": "String"},
+        "Description": {"Values": f"synthetic learnware {name}", "Type": "String"},
+        "Input": {"Dimension": dim, "Description": {}},
+        "Output": {"Dimension": output_dim, "Description": {}},
+    }
+
+
+def write_spec_only_learnwares(market, specs, semantics, chunk: int = 5000) -> list[str]:
+    """Store entries that carry a spec but no runnable model, in bulk transactions.
+
+    For benchmarks and search tests only: `lw submit` would (rightly) reject
+    them. Returns the new ids in order.
+    """
+    import tempfile
+    import zipfile
+    from pathlib import Path
+
+    from learnware_cli.market.store import NewVersion
+
+    ids = []
+    with tempfile.TemporaryDirectory() as tmp:
+        placeholder = Path(tmp) / "package.zip"
+        with zipfile.ZipFile(placeholder, "w") as zf:
+            zf.writestr("README.txt", "spec-only synthetic entry")
+        for start in range(0, len(specs), chunk):
+            items = []
+            for i in range(start, min(start + chunk, len(specs))):
+                spec_path = Path(tmp) / f"{i}.json"
+                specs[i].save(spec_path)
+                record = {"input_dim": specs[i].dim, "output_dim": semantics[i]["Output"]["Dimension"], "spec_only": True}
+                items.append(NewVersion({"package.zip": placeholder, "rkme.json": spec_path}, semantics[i], record))
+            ids += [entry["id"] for entry, _ in market.add_versions(items)]
+            for item in items:
+                item.files["rkme.json"].unlink()
+    return ids

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -79,6 +80,19 @@ def _fsync_dir(folder: Path) -> None:
 
 def template_text(name: str) -> str:
     return resources.files("learnware_cli.market_template").joinpath(name).read_text(encoding="utf-8")
+
+
+_INDEX_CACHE: dict = {}
+
+
+@dataclass
+class NewVersion:
+    """A checked package ready to store: files by stored name, semantic spec, record fields."""
+
+    files: dict
+    semantic: dict
+    record_fields: dict
+    update_id: Optional[str] = None
 
 
 class Market:
@@ -169,9 +183,18 @@ class Market:
 
     # -- index ----------------------------------------------------------------
 
-    def read_index(self) -> dict:
+    def read_index(self, fresh: bool = False) -> dict:
+        """The parsed index. Shared and read-only unless fresh=True (writers edit a fresh copy).
+
+        Parsed copies are kept per (mtime, size) of index.json: a big market's
+        index is parsed once per change, not once per search.
+        """
         path = self.root / "index.json"
         try:
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if not fresh and key in _INDEX_CACHE:
+                return _INDEX_CACHE[key]
             index = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise MarketError(f"{path}: index missing; run `lw reindex`") from None
@@ -179,6 +202,9 @@ class Market:
             raise MarketError(f"{path}: corrupt index ({exc.msg}); run `lw reindex`") from None
         if not isinstance(index.get("learnwares"), dict):
             raise MarketError(f"{path}: corrupt index (no learnwares table)")
+        if not fresh:
+            _INDEX_CACHE.clear()
+            _INDEX_CACHE[key] = index
         return index
 
     @contextlib.contextmanager
@@ -196,7 +222,7 @@ class Market:
     def transaction(self) -> Iterator[dict]:
         """Lock, hand out the current index for editing, then write it atomically (generation + 1)."""
         with self.lock():
-            index = self.read_index()
+            index = self.read_index(fresh=True)
             yield index
             index["generation"] = int(index.get("generation", 0)) + 1
             index["updated"] = now_iso()
@@ -241,43 +267,51 @@ class Market:
         files maps stored names (package.zip, rkme.json, ...) to local paths.
         Returns (entry, version record). All-or-nothing: see the module docstring.
         """
-        staging = self.root / ".staging" / uuid.uuid4().hex
-        staging.mkdir(parents=True)
+        return self.add_versions([NewVersion(files, semantic, record_fields, update_id)])[0]
+
+    def add_versions(self, items: list["NewVersion"]) -> list[tuple[dict, dict]]:
+        """Store several checked packages in one transaction (one index write for a bulk submit)."""
+        batch = self.root / ".staging" / uuid.uuid4().hex
+        batch.mkdir(parents=True)
         try:
-            for stored_name, source in files.items():
-                shutil.copyfile(source, staging / stored_name)
-            (staging / "semantic.json").write_text(json.dumps(semantic, indent=1), encoding="utf-8")
-            checksum = sha256_file(staging / "package.zip")
+            staged = []
+            for number, item in enumerate(items):
+                folder = batch / str(number)
+                folder.mkdir()
+                for stored_name, source in item.files.items():
+                    shutil.copyfile(source, folder / stored_name)
+                (folder / "semantic.json").write_text(json.dumps(item.semantic, indent=1), encoding="utf-8")
+                staged.append((item, folder, sha256_file(folder / "package.zip")))
+            results = []
             with self.transaction() as index:
-                if update_id is None:
-                    learnware_id = f"{int(index.get('next_id', 1)):08d}"
-                    index["next_id"] = int(index.get("next_id", 1)) + 1
-                    entry = {"id": learnware_id, "versions": []}
-                else:
-                    entry = self.entry(update_id, index)
-                    learnware_id = update_id
-                version = (entry["versions"][-1]["version"] + 1) if entry["versions"] else 1
-                relative = f"learnwares/{learnware_id}/v{version}"
-                target = self.root / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if target.exists():  # left by a writer killed before its index write
-                    shutil.rmtree(target)
-                os.rename(staging, target)
-                record = {
-                    "version": version,
-                    "submitted": now_iso(),
-                    "checksum": checksum,
-                    "path": relative,
-                    **record_fields,
-                }
-                entry["versions"].append(record)
-                entry["name"] = semantic.get("Name", {}).get("Values", "")
-                entry["semantic"] = semantic
-                index["learnwares"][learnware_id] = entry
-            return entry, record
+                for item, folder, checksum in staged:
+                    results.append(self._place(index, item, folder, checksum))
+            return results
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(batch, ignore_errors=True)
+
+    def _place(self, index: dict, item: "NewVersion", folder: Path, checksum: str) -> tuple[dict, dict]:
+        """Move one staged version into learnwares/ and record it in index (inside a transaction)."""
+        if item.update_id is None:
+            learnware_id = f"{int(index.get('next_id', 1)):08d}"
+            index["next_id"] = int(index.get("next_id", 1)) + 1
+            entry = {"id": learnware_id, "versions": []}
+        else:
+            learnware_id = item.update_id
+            entry = self.entry(learnware_id, index)
+        version = (entry["versions"][-1]["version"] + 1) if entry["versions"] else 1
+        relative = f"learnwares/{learnware_id}/v{version}"
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # left by a writer killed before its index write
+            shutil.rmtree(target)
+        os.rename(folder, target)
+        record = {"version": version, "submitted": now_iso(), "checksum": checksum, "path": relative, **item.record_fields}
+        entry["versions"].append(record)
+        entry["name"] = item.semantic.get("Name", {}).get("Values", "")
+        entry["semantic"] = item.semantic
+        index["learnwares"][learnware_id] = entry
+        return entry, record
 
     def remove(self, learnware_id: str, version: Optional[int] = None) -> dict:
         """Drop a learnware (or one of its versions) from the index, then delete its files."""

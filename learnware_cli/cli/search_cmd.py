@@ -1,0 +1,95 @@
+"""`lw search`: find learnwares by tags, name and the statistics of the user's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
+from learnware_cli.cli.output import Output, fmt_float, table
+
+
+def search(
+    market: Optional[Path] = MARKET_OPTION,
+    spec: Optional[Path] = typer.Option(None, "--spec", help="Your RKME (from `lw spec ... --market M`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your rows: the RKME is fitted here, locally; the data is not stored."),
+    tag: List[str] = typer.Option([], "--tag", "-t", help="Semantic filter Key=Value (repeatable), e.g. Task=Regression."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name/description text (substring first, else fuzzy)."),
+    k: int = typer.Option(5, "-k", help="How many learnwares to return (and the mixture's maximum size)."),
+    all_versions: bool = typer.Option(False, "--all-versions", help="Rank every version, not only each learnware's latest."),
+    no_mixture: bool = typer.Option(False, "--no-mixture", help="Skip the mixture search."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the local RKME fit for --data."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Search a market: semantic filters, then single and mixture ranking by MMD to your data.
+
+    Example: lw search --market ./market --data my_rows.csv --tag Task=Regression -k 3 --json > found.json
+    """
+    from learnware_cli.errors import InputError
+    from learnware_cli.search.engine import search as run_search
+    from learnware_cli.search.semantic import parse_tag_filters
+
+    output = Output(json_output)
+    opened = open_market(market)
+    if spec is not None and data is not None:
+        raise InputError("give either --spec or --data, not both")
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    query = parse_tag_filters(tag, opened.vocabulary)
+    user_spec = None
+    if spec is not None:
+        from learnware_cli.rkme.spec import RKMESpec
+
+        user_spec = RKMESpec.load(spec)
+    elif data is not None:
+        from learnware_cli.data_io import read_table
+        from learnware_cli.rkme import fit_rkme
+
+        rows = read_table(data)
+        with output.progress("fitting your RKME locally", total=1) as update:
+            user_spec = fit_rkme(rows, k=opened.k, gamma=opened.gamma, seed=seed, on_stage=lambda s, d, t: update(d, t, s))
+    with output.progress("searching", total=None) as update:
+        result = run_search(opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture, progress=lambda d, t: update(d, t))
+    output.emit(result.to_dict(), lambda console: render(console, result))
+
+
+def render(console, result) -> None:
+    if result.mode == "semantic":
+        rows = [[r["id"], r["version"], r["name"], r["task"], r["score"]] for r in result.single]
+        console.print(table(f"semantic matches ({result.considered})", ["id", "version", "name", "task", "score"], rows))
+        return
+    if not result.single:
+        console.print(f"No learnware with input dimension {result.user['dim']} matches these filters.")
+        return
+    rows = [[i + 1, r["id"], r["version"], r["name"], r["task"], fmt_float(r["mmd2"]), f"{r['score']:.3f}"] for i, r in enumerate(result.single)]
+    console.print(table(f"closest learnwares (of {result.considered} in your island)", ["rank", "id", "version", "name", "task", "MMD²", "score"], rows))
+    if result.mixture:
+        mix = result.mixture
+        rows = [[r["id"], r["version"], r["name"], f"{r['weight']:.3f}"] for r in mix["learnwares"]]
+        console.print(table(f"best mixture: MMD² {fmt_float(mix['mmd2'])}, score {mix['score']:.3f}", ["id", "version", "name", "weight"], rows))
+
+
+def reindex(
+    market: Optional[Path] = MARKET_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Rebuild the search cache from the index and delete unreferenced leftovers.
+
+    Example: lw reindex --market ./market
+    """
+    from learnware_cli.search.cache import rebuild_all
+
+    opened = open_market(market)
+    swept = opened.sweep()
+    counts = rebuild_all(opened)
+    Output(json_output).emit(
+        {"ok": True, "stacks": {str(d): c for d, c in counts.items()}, "removed": swept},
+        lambda c: c.print(f"Rebuilt search cache: {sum(counts.values())} spec(s) in {len(counts)} dimension group(s); removed {len(swept)} leftover(s)"),
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("reindex")(reindex)

@@ -1,0 +1,136 @@
+"""Search a market: semantic filters first, then statistical ranking within the user's island.
+
+The island of a user's RKME is the learnwares with the same data type (table),
+the same input dimension and the market's gamma; only those can be compared
+by MMD. The result's ``to_dict`` is what `lw search --json` prints and what
+`lw reuse --from` reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from learnware_cli.errors import SpecError
+from learnware_cli.market.store import Market
+from learnware_cli.rkme.spec import RKMESpec
+from learnware_cli.search import cache
+from learnware_cli.search.semantic import semantic_search
+
+TABLE = "Table"
+
+
+@dataclass
+class SearchResult:
+    market: str
+    single: list[dict] = field(default_factory=list)
+    mixture: Optional[dict] = None
+    mode: str = "semantic"
+    user: dict = field(default_factory=dict)
+    considered: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": True,
+            "market": self.market,
+            "mode": self.mode,
+            "user": self.user,
+            "considered": self.considered,
+            "single": self.single,
+            "mixture": self.mixture,
+        }
+
+
+def _describe(entry: dict, record: dict) -> dict:
+    semantic = entry.get("semantic", {})
+    task = semantic.get("Task", {}).get("Values", [])
+    return {
+        "id": entry["id"],
+        "version": record["version"],
+        "name": entry.get("name", ""),
+        "task": task[0] if task else "",
+        "input_dim": record.get("input_dim"),
+        "output_dim": record.get("output_dim"),
+    }
+
+
+def _data_type(entry: dict) -> str:
+    values = entry.get("semantic", {}).get("Data", {}).get("Values", [TABLE])
+    return values[0] if values else TABLE
+
+
+def search(
+    market: Market,
+    user_spec: Optional[RKMESpec] = None,
+    tags: Optional[dict] = None,
+    text: Optional[str] = None,
+    k: int = 5,
+    all_versions: bool = False,
+    mixture: bool = True,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> SearchResult:
+    """Find learnwares for a user: see the module docstring for the rules."""
+    index = market.read_index()
+    result = SearchResult(market=str(market.root))
+    ranked = semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary)
+    if user_spec is None:
+        result.considered = len(ranked)
+        result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
+        return result
+
+    if not math.isclose(user_spec.gamma, market.gamma, rel_tol=1e-9):
+        raise SpecError(
+            f"your specification uses gamma {user_spec.gamma:g} but this market uses {market.gamma:g}; "
+            f"fit it with `lw spec DATA --market {market.root}`"
+        )
+    result.mode = "statistical"
+    result.user = {"dim": user_spec.dim, "K": user_spec.size, "gamma": user_spec.gamma}
+    allowed = {e["id"] for e, _ in ranked if _data_type(e) == TABLE}
+    stack, members = cache.current(market, index, user_spec.dim, all_versions=all_versions, progress=progress)
+    if stack is None:
+        return result
+    rows = np.array([i for i, (_, entry, _) in enumerate(members) if entry["id"] in allowed], dtype=int)
+    result.considered = int(rows.size)
+    if rows.size == 0:
+        return result
+
+    from learnware_cli.rkme.spec import mmd2_to_many
+    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, greedy_mixture, self_product, similarity
+
+    distances = mmd2_to_many(user_spec, _device_stack(market, stack, user_spec.dim, all_versions))[rows]
+    order = rows[np.argsort(distances, kind="stable")]
+    own = self_product(user_spec)
+    for row in order[:k]:
+        _, entry, record = members[row]
+        mmd, selfs = exact_mmd2(user_spec, stack.zs[row], stack.betas[row])
+        result.single.append({**_describe(entry, record), "mmd2": max(mmd, 0.0), "score": round(float(similarity(mmd, own, selfs)), 4)})
+
+    if mixture and k > 1:
+        pool = order[:MIXTURE_POOL]
+        found = greedy_mixture(user_spec, stack.zs[pool], stack.betas[pool], max_size=k)
+        result.mixture = {
+            "learnwares": [
+                {**_describe(members[pool[p]][1], members[pool[p]][2]), "weight": round(float(w), 6)}
+                for p, w in zip(found.members, found.weights)
+            ],
+            "mmd2": found.mmd2,
+            "score": round(found.score, 4),
+        }
+    return result
+
+
+_DEVICE_STACKS: dict = {}
+
+
+def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versions: bool):
+    """The stack as device arrays, kept per process so repeated searches skip the copy."""
+    from learnware_cli.rkme.spec import SpecStack
+
+    key = (str(market.root.resolve()), dim, stack.generation, all_versions, stack.count)
+    if key not in _DEVICE_STACKS:
+        _DEVICE_STACKS.clear()  # one market at a time: keep memory bounded
+        _DEVICE_STACKS[key] = SpecStack.from_arrays(stack.zs, stack.betas, stack.gamma, self_products=stack.self_products)
+    return _DEVICE_STACKS[key]
