@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -110,11 +111,58 @@ def bench_mmd() -> None:
         del stack, zs, betas
 
 
+def _random_specs(m: int, k: int, d: int, rng):
+    from learnware_cli.rkme.spec import RKMESpec
+
+    centers = rng.normal(size=(m, d)) * 3
+    specs = []
+    for i in range(m):
+        beta = rng.uniform(size=k)
+        specs.append(RKMESpec(z=centers[i] + rng.normal(size=(k, d)), beta=beta / beta.sum(), gamma=0.1, num_points=1000))
+    return specs
+
+
+def bench_search() -> None:
+    """Search latency on markets of M spec-only learnwares (K=100, d=20), warm and cold."""
+    from learnware_cli.experiment.synthetic import spec_only_semantic, write_spec_only_learnwares
+    from learnware_cli.market.store import Market
+    from learnware_cli.rkme.spec import RKMESpec
+    from learnware_cli.search.engine import search
+
+    rng = np.random.default_rng(0)
+    d = 20
+    sizes = [1000, 10000] + ([] if ARGS.quick else [100000])
+    with tempfile.TemporaryDirectory() as tmp:
+        user = RKMESpec(z=rng.normal(size=(100, d)) * 3, beta=np.full(100, 0.01), gamma=0.1)
+        user_path = Path(tmp) / "user.json"
+        user.save(user_path)
+        for m in sizes:
+            market = Market.create(Path(tmp) / f"m{m}")
+            started = time.perf_counter()
+            for start in range(0, m, 5000):
+                count = min(5000, m - start)
+                write_spec_only_learnwares(market, _random_specs(count, 100, d, rng), [spec_only_semantic(f"lw {start + i}", d) for i in range(count)])
+            filled = time.perf_counter() - started
+            started = time.perf_counter()
+            search(market, user, k=5)  # builds the cache file, compiles
+            first = time.perf_counter() - started
+            seconds = median_time(lambda: search(market, user, k=5), 5)
+            single = median_time(lambda: search(market, user, k=5, mixture=False), 5)
+            cache_bytes = sum(p.stat().st_size for p in (market.root / "cache").glob("*.npz"))
+            target = {10000: "<= 0.1 s", 100000: "<= 1 s"}.get(m, "")
+            record("search", f"warm search, {m} learnwares", seconds, f"single only {single:.3f} s; cache {cache_bytes / m / 1024:.1f} KiB/learnware; first search (cache build) {first:.1f} s; market filled in {filled:.0f} s", target)
+            cmd = [sys.executable, "-m", "learnware_cli", "search", "--market", str(market.root), "--spec", str(user_path), "-k", "5", "--json"]
+            cold = median_time(lambda: subprocess.run(cmd, check=True, capture_output=True), 3)
+            record("search", f"cold `lw search`, {m} learnwares", cold, "whole process", "<= 2 s" if m == 10000 else "")
+            shutil.rmtree(market.root)
+
+
 SECTIONS = {
     "fit": bench_fit,
     "quality": bench_fit_quality,
     "spec-cold": bench_spec_cold,
     "mmd": bench_mmd,
+    "search": bench_search,
 }
 
 

@@ -65,10 +65,27 @@ def _path(market: Market, dim: int) -> Path:
     return market.root / CACHE_DIR / f"stack-d{dim}.npz"
 
 
+_LOADED: dict = {}
+
+
 def load(market: Market, dim: int) -> Optional[CachedStack]:
+    """The stored stack, or None if absent or unreadable. Kept per process while the file is unchanged."""
     path = _path(market, dim)
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return None
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        stack = _read(path)
+        if stack is None:
+            return None
+        _LOADED.clear()
+        _LOADED[key] = stack
+    return _LOADED[key]
+
+
+def _read(path: Path) -> Optional[CachedStack]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if int(data["format"]) != CACHE_FORMAT:

@@ -17,7 +17,7 @@ import numpy as np
 from learnware_cli.rkme import kernels
 from learnware_cli.rkme.spec import RKMESpec
 
-MIXTURE_POOL = 32
+MIXTURE_POOL = 16
 MIN_IMPROVEMENT = 0.05
 
 
@@ -34,28 +34,79 @@ def _pool_products(user_z, user_beta, zs, betas, gamma):
     return gram, cross
 
 
-_pool_products_jit = jax.jit(_pool_products)
+def _masked_qp(q, c, active):
+    """Simplex QP over the active variables only; inactive ones get weight exactly 0.
+
+    Inactive rows become an identity block with a large negative linear term,
+    so the interior point drives them to the boundary without disturbing the
+    scale of the active block. -> (weights, objective 1/2 w^T q w - c^T w).
+    """
+    both = active[:, None] & active[None, :]
+    scale = jnp.maximum(jnp.max(jnp.abs(jnp.where(both, q, 0.0))), 1e-300)
+    q_masked = jnp.where(both, q, jnp.eye(q.shape[0], dtype=q.dtype) * scale)
+    c_masked = jnp.where(active, c, -1e3 * scale)
+    w = jnp.where(active, kernels.solve_simplex_qp(q_masked, c_masked), 0.0)
+    w = w / jnp.sum(w)
+    return w, 0.5 * w @ q @ w - c @ w
 
 
-def _extension_objectives(gram, cross, selected):
-    """QP objective and weights of (selected + [c]) for every pool member c.
+def greedy_mixture_arrays(gram, cross, own, n_valid, max_size, min_improvement):
+    """Greedy mixture selection on a pool, as one jitted program.
 
-    gram (P, P), cross (P,), selected (s,) int -> objectives (P,), weights (P, s + 1).
-    Objective of weights w on a set: 1/2 w^T G w - c^T w (mixture MMD^2 = <u,u> + 2 objective).
+    gram (P, P) = <S_p, S_q>, cross (P,) = <S_p, u>, own = <u, u>; the pool is
+    ordered best single first, and members from n_valid on are padding that is
+    never chosen. Returns selected (max_size,) pool positions,
+    weights (max_size,), count (members actually used), mixture MMD^2.
+    Step i scores every unselected p by the best two-point blend
+    (1 - t) * mixture + t * S_p (closed form in t, so the scan is O(P * i)),
+    re-solves the simplex QP over the members plus the winner, and keeps it if
+    the mixture MMD^2 drops by at least min_improvement (relative); otherwise
+    it stops adding.
     """
     p = gram.shape[0]
+    slots = jnp.arange(max_size)
+    candidates = jnp.arange(p)
+    selected = jnp.zeros(max_size, dtype=jnp.int32)
+    weights = jnp.zeros(max_size, dtype=gram.dtype).at[0].set(1.0)
+    current = own - 2.0 * cross[0] + gram[0, 0]
 
-    def trial(candidate):
-        idx = jnp.concatenate([selected, candidate[None]])
-        q = gram[idx][:, idx]
-        c = cross[idx]
-        w = kernels.solve_simplex_qp(q, c)
-        return 0.5 * w @ q @ w - c @ w, w
+    def step(i, state):
+        selected, weights, count, current, done = state
+        w = jnp.where(slots < i, weights, 0.0)
+        mm = w @ gram[selected][:, selected] @ w  # <m, m>
+        ms = w @ gram[selected, :]  # <m, S_p> (P,)
+        um = w @ cross[selected]  # <u, m>
+        us, ss = cross, jnp.diag(gram)
+        curvature = jnp.maximum(mm - 2.0 * ms + ss, 1e-300)
+        t = jnp.clip((mm - ms - um + us) / curvature, 0.0, 1.0)
+        blend = own - 2 * (1 - t) * um - 2 * t * us + (1 - t) ** 2 * mm + 2 * t * (1 - t) * ms + t**2 * ss
+        taken = jnp.any((selected[None, :] == candidates[:, None]) & (slots[None, :] < i), axis=1)
+        blend = jnp.where(taken | (candidates >= n_valid), jnp.inf, blend)
+        best = jnp.argmin(blend).astype(jnp.int32)
+        trial = selected.at[i].set(best)
+        trial_weights, objective = _masked_qp(gram[trial][:, trial], cross[trial], slots <= i)
+        candidate_mmd = own + 2.0 * objective
+        accept = (~done) & (current - candidate_mmd >= min_improvement * current)
+        selected = jnp.where(accept, trial, selected)
+        weights = jnp.where(accept, trial_weights, weights)
+        count = jnp.where(accept, i + 1, count)
+        current = jnp.where(accept, candidate_mmd, current)
+        return selected, weights, count, current, done | ~accept
 
-    return jax.vmap(trial)(jnp.arange(p))
+    state = (selected, weights, jnp.int32(1), current, jnp.asarray(False))
+    selected, weights, count, current, _ = jax.lax.fori_loop(1, max_size, step, state)
+    return selected, weights, count, current
 
 
-_extension_objectives_jit = jax.jit(_extension_objectives)
+def _mixture_program(user_z, user_beta, zs, betas, gamma, n_valid, max_size, min_improvement):
+    gram, cross = _pool_products(user_z, user_beta, zs, betas, gamma)
+    own = kernels.inner_product(user_z, user_beta, user_z, user_beta, gamma)
+    selected, weights, count, mmd = greedy_mixture_arrays(gram, cross, own, n_valid, max_size, min_improvement)
+    mixture_self = weights @ gram[selected][:, selected] @ weights
+    return selected, weights, count, mmd, own, mixture_self
+
+
+_mixture_jit = jax.jit(_mixture_program, static_argnames=("max_size",))
 
 
 @dataclass
@@ -72,29 +123,24 @@ def greedy_mixture(user: RKMESpec, zs: np.ndarray, betas: np.ndarray, max_size: 
     Start from the pool's first spec; at each step add the spec whose addition
     (with re-solved simplex weights) lowers the mixture MMD^2 most; stop when
     the relative improvement is below min_improvement or at max_size members.
+    The pool is padded to a multiple of 8 specs (masked out, never chosen) to
+    limit recompilation.
     """
-    gram, cross = _pool_products_jit(user.z, user.beta, jnp.asarray(zs, jnp.float64), jnp.asarray(betas, jnp.float64), user.gamma)
-    gram, cross = np.asarray(gram), np.asarray(cross)
-    own = self_product(user)
-    p = gram.shape[0]
-    selected = [0]
-    weights = np.ones(1)
-    current = own - 2 * cross[0] + gram[0, 0]
-    while len(selected) < min(max_size, p):
-        objectives, trial_weights = _extension_objectives_jit(gram, cross, jnp.asarray(selected))
-        objectives = np.array(objectives)
-        objectives[selected] = np.inf
-        best = int(np.argmin(objectives))
-        candidate_mmd = own + 2.0 * float(objectives[best])
-        if current - candidate_mmd < min_improvement * current:
-            break
-        selected.append(best)
-        weights = np.asarray(trial_weights[best])
-        current = candidate_mmd
-    weights = weights / weights.sum()
-    sub = gram[np.ix_(selected, selected)]
-    score = float(similarity(current, own, weights @ sub @ weights))
-    return Mixture(members=selected, weights=weights, mmd2=max(float(current), 0.0), score=score)
+    p = zs.shape[0]
+    p_pad = -(-p // 8) * 8
+    zs64 = np.zeros((p_pad,) + zs.shape[1:])
+    betas64 = np.zeros((p_pad, betas.shape[1]))
+    zs64[:p], betas64[:p] = zs, betas
+    size = max(1, min(max_size, p))
+    selected, weights, count, mmd, own, mixture_self = _mixture_jit(
+        user.z, user.beta, jnp.asarray(zs64), jnp.asarray(betas64), user.gamma, p, max_size=size, min_improvement=min_improvement
+    )
+    count = int(count)
+    members = [int(v) for v in np.asarray(selected)[:count]]
+    w = np.asarray(weights)[:count]
+    w = w / w.sum()
+    score = float(similarity(float(mmd), float(own), float(mixture_self)))
+    return Mixture(members=members, weights=w, mmd2=max(float(mmd), 0.0), score=score)
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
