@@ -1,0 +1,308 @@
+"""The submission checks: everything a package must pass before it enters the market.
+
+Checks run in this order; the first failure raises
+``RejectedError(check, one-line reason)``:
+
+==================  =============================================================
+archive             zip structure, entry names and types, sizes (package.py)
+manifest            learnware.yaml, __init__.py, the RKME file present
+semantic            semantic specification valid (override, else the zip's)
+spec                RKME parses, finite, beta >= 0 and sums to 1, dimension ==
+                    Input.Dimension, gamma == the market's, size <= k
+model-load          the model loads in a sandboxed worker (time/memory limits)
+model-interface     declared input_shape / output_shape fit the semantic spec
+model-predict       predict answers on rows herded from the spec, in time,
+                    without crashing or flooding stdout/stderr
+model-output        one finite output per row, of the declared shape; labels
+                    in [0, classes) or one score column per class
+==================  =============================================================
+
+Only our own code (parsers, RKME maths, herding) runs in this process; the
+model runs in a ModelWorker.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from learnware_cli.errors import RejectedError
+from learnware_cli.market import package as pkg
+from learnware_cli.market.semantic import semantic_value, validate_semantic
+from learnware_cli.market.worker import ModelWorker, WorkerError
+
+CHECK_NAMES = (
+    "archive",
+    "manifest",
+    "semantic",
+    "spec",
+    "model-load",
+    "model-interface",
+    "model-predict",
+    "model-output",
+)
+BETA_SUM_TOL = 1e-6
+BETA_NEG_TOL = 1e-8  # the reference QP returns weights like -1e-10
+GAMMA_REL_TOL = 1e-9
+
+
+@dataclass
+class CheckResult:
+    check: str
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class CheckReport:
+    """What passed (with timings) and what was learned about the package."""
+
+    zip_path: str
+    passed: list = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+    spec: dict = field(default_factory=dict)
+    semantic: dict = field(default_factory=dict)
+    package: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    rkme: object = field(default=None, repr=False)  # the parsed RKMESpec, for the caller to store
+
+    @property
+    def passed_names(self) -> list:
+        return [r.check for r in self.passed]
+
+    def to_dict(self) -> dict:
+        return {
+            "zip_path": self.zip_path,
+            "passed": [asdict(r) for r in self.passed],
+            "model": dict(self.model),
+            "spec": dict(self.spec),
+            "semantic": self.semantic,
+            "package": dict(self.package),
+            "warnings": list(self.warnings),
+        }
+
+
+@contextmanager
+def _timed(report: CheckReport, check: str, detail: str = ""):
+    """Record check as passed, with its wall time, if the block raises nothing."""
+    start = time.perf_counter()
+    yield
+    report.passed.append(CheckResult(check, round(time.perf_counter() - start, 4), detail))
+
+
+def _reject(check: str, message: str):
+    raise RejectedError(check, message)
+
+
+# --------------------------------------------------------------------------- semantic
+
+
+def choose_semantic(zip_path, scan, limits, semantic_override: Optional[dict]) -> dict:
+    """The override when given (it wins), else the zip's file; neither is a rejection."""
+    if semantic_override is not None:
+        semantic = validate_semantic(semantic_override)
+    else:
+        raw = pkg.read_semantic_raw(zip_path, scan, limits)
+        if raw is None:
+            _reject("semantic", f"no semantic specification: the package has no {pkg.SEMANTIC_FILE} and none was given")
+        semantic = validate_semantic(raw)
+    if semantic_value(semantic, "Data") != "Table":
+        _reject("semantic", f"Data is {semantic_value(semantic, 'Data')!r} but an RKMETableSpecification needs 'Table'")
+    return semantic
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> dict:
+    """Spec sanity against the semantic spec and the market's settings; returns a summary."""
+    z, beta = np.asarray(spec.z), np.asarray(spec.beta)
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(beta))):
+        _reject("spec", "z and beta must be finite (found NaN or Inf)")
+    if beta.min() < -BETA_NEG_TOL:
+        _reject("spec", f"beta has a negative weight {beta.min():.3g} (weights must be >= 0)")
+    total = float(beta.sum())
+    if abs(total - 1.0) > BETA_SUM_TOL:
+        _reject("spec", f"beta sums to {total:.9g}, not 1 (tolerance {BETA_SUM_TOL:g})")
+    input_dim = semantic.get("Input", {}).get("Dimension")
+    if input_dim is not None and spec.dim != input_dim:
+        _reject("spec", f"spec dimension {spec.dim} differs from semantic Input.Dimension {input_dim}")
+    if not math.isclose(spec.gamma, gamma, rel_tol=GAMMA_REL_TOL):
+        _reject("spec", f"spec gamma {spec.gamma:g} differs from the market's gamma {gamma:g}")
+    if k is not None and spec.size > k:
+        _reject("spec", f"spec has {spec.size} reduced-set points, the market allows at most {k}")
+    return {"dim": spec.dim, "k": spec.size, "gamma": spec.gamma, "num_points": spec.num_points, "beta_sum": total}
+
+
+# --------------------------------------------------------------------------- model
+
+
+def check_interface(info: dict, semantic: dict) -> None:
+    """Declared shapes against the semantic spec, as the reference checker does."""
+    input_dim = semantic.get("Input", {}).get("Dimension")
+    if info["input_shape"] is None:
+        _reject("model-interface", f"model input_shape must be a tuple of ints, got {info['declared_input_shape']}")
+    if input_dim is not None and tuple(info["input_shape"]) != (input_dim,):
+        _reject("model-interface", f"model input_shape {tuple(info['input_shape'])} differs from semantic Input.Dimension ({input_dim},)")
+    task = semantic_value(semantic, "Task")
+    if task not in ("Classification", "Regression"):
+        return
+    out_dim = semantic["Output"]["Dimension"]
+    shape = info["output_shape"]
+    if shape is None:
+        _reject("model-interface", f"model output_shape must be a tuple of ints, got {info['declared_output_shape']}")
+    allowed = [(out_dim,)] if task == "Regression" else [(1,), (out_dim,)]
+    if tuple(shape) not in allowed:
+        want = " or ".join(str(a) for a in allowed)
+        _reject("model-interface", f"model output_shape {tuple(shape)} does not fit {task} with Output.Dimension {out_dim} (expected {want})")
+
+
+def check_outputs(y: np.ndarray, n_rows: int, info: dict, semantic: dict, what: str = "predict") -> dict:
+    """One finite output per row, of the declared width; labels within [0, classes)."""
+    if y.ndim == 0 or y.shape[0] != n_rows:
+        _reject("model-output", f"{what} returned shape {tuple(y.shape)} for {n_rows} input rows")
+    if y.dtype.kind not in "biuf":
+        _reject("model-output", f"{what} returned dtype {y.dtype}, not numbers")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        _reject("model-output", f"{what} returned {int(np.sum(~np.isfinite(y)))} NaN or Inf values")
+    rows = y.reshape(n_rows, -1) if y.ndim != 1 else y.reshape(n_rows, 1)
+    row_shape = tuple(y.shape[1:]) if y.ndim > 1 else (1,)
+    declared = info.get("output_shape")
+    if declared is not None and row_shape != tuple(declared):
+        _reject("model-output", f"{what} returned rows of shape {row_shape}, the model declares output_shape {tuple(declared)}")
+    task = semantic_value(semantic, "Task")
+    if task == "Regression":
+        out_dim = semantic["Output"]["Dimension"]
+        if rows.shape[1] != out_dim:
+            _reject("model-output", f"{what} returned {rows.shape[1]} columns, semantic Output.Dimension is {out_dim}")
+    elif task == "Classification":
+        _check_classification(rows, semantic["Output"]["Dimension"], what)
+    return {"shape": list(y.shape), "dtype": str(y.dtype)}
+
+
+def _check_classification(rows: np.ndarray, n_classes: int, what: str) -> None:
+    if rows.shape[1] == 1:
+        labels = rows[:, 0]
+        if labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+            _reject("model-output", f"{what} returned non-integer class labels (e.g. {labels[labels != np.round(labels)][0]:g})")
+        bad = labels[(labels < 0) | (labels >= n_classes)]
+        if bad.size:
+            _reject("model-output", f"{what} returned label {bad[0]:g}, outside [0, {n_classes}) for {n_classes} classes")
+    elif rows.shape[1] != n_classes:
+        _reject("model-output", f"{what} returned {rows.shape[1]} score columns for {n_classes} classes")
+
+
+def _worker_failure(check: str, exc: WorkerError, output_check: str = "model-output"):
+    """Map a worker failure to the check it fails: bad answers are output failures."""
+    raise RejectedError(output_check if exc.kind == "bad-output" else check, f"{exc.kind}: {exc.message}") from None
+
+
+def _check_flood(worker: ModelWorker, check: str, cap: int) -> None:
+    if worker.output_bytes > cap:
+        _reject(check, f"model wrote {worker.output_bytes} bytes to stdout/stderr, the limit is {cap}")
+
+
+def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, output_cap) -> None:
+    from learnware_cli.rkme import herd
+
+    worker = ModelWorker(
+        package_dir,
+        timeout=timeout,
+        load_timeout=load_timeout,
+        memory_mb=memory_mb,
+        output_cap_bytes=output_cap,
+        copy_package=False,  # already a private extraction
+    )
+    try:
+        with _timed(report, "model-load"):
+            try:
+                info = worker.start()
+            except WorkerError as exc:
+                _worker_failure("model-load", exc, "model-load")
+            _check_flood(worker, "model-load", output_cap)
+        report.model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.items() if not k.startswith("declared_")}
+        report.model["load_seconds"] = round(worker.load_seconds, 4)
+        with _timed(report, "model-interface"):
+            check_interface(info, semantic)
+        x = herd(spec, n_rows)
+        with _timed(report, "model-predict"):
+            try:
+                y = worker.predict(x)
+                proba = worker.predict_proba(x) if _wants_proba(info, semantic) else None
+            except WorkerError as exc:
+                _worker_failure("model-predict", exc)
+            _check_flood(worker, "model-predict", output_cap)
+        with _timed(report, "model-output"):
+            report.model["predict"] = check_outputs(y, n_rows, info, semantic)
+            if proba is not None:
+                proba_info = dict(info, output_shape=(semantic["Output"]["Dimension"],))
+                report.model["predict_proba"] = check_outputs(proba, n_rows, proba_info, semantic, "predict_proba")
+        report.model["output_bytes"] = worker.output_bytes
+    finally:
+        worker.close()
+
+
+def _wants_proba(info: dict, semantic: dict) -> bool:
+    return info["has_predict_proba"] and semantic_value(semantic, "Task") == "Classification"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def check_package(
+    zip_path,
+    gamma: float,
+    k: Optional[int] = None,
+    limits: Optional[pkg.PackageLimits] = None,
+    timeout: float = 60,
+    memory_mb: int = 4096,
+    semantic_override: Optional[dict] = None,
+    n_rows: int = 64,
+    load_timeout: Optional[float] = None,
+    output_cap_bytes: int = 1024 * 1024,
+) -> CheckReport:
+    """Run every check on a submitted zip; RejectedError(check, reason) at the first failure.
+
+    gamma: the market's kernel width (the spec must use it). k: the most
+    reduced-set points a spec may have (None: no limit). timeout: seconds
+    per model call; load_timeout: for loading (default timeout).
+    semantic_override: a semantic spec that replaces the zip's. n_rows: rows
+    herded from the spec to exercise predict. output_cap_bytes: how much the
+    model may print before it is rejected.
+    """
+    limits = limits or pkg.PackageLimits()
+    report = CheckReport(zip_path=str(zip_path))
+    with _timed(report, "archive"):
+        scan = pkg.scan_archive(zip_path, limits)
+    with _timed(report, "manifest"):
+        manifest = pkg.read_manifest(zip_path, scan, limits)
+        req_file, requirements = pkg.read_requirements(zip_path, scan, limits)
+    with _timed(report, "semantic"):
+        semantic = choose_semantic(zip_path, scan, limits, semantic_override)
+    report.semantic = semantic
+    with _timed(report, "spec"):
+        spec = pkg.read_spec(zip_path, scan, manifest, limits)
+        report.spec = check_spec(spec, semantic, gamma, k)
+    report.rkme = spec
+    report.package = {
+        "root": scan.root,
+        "files": {rel: size for rel, (_, size) in sorted(scan.files.items())},
+        "total_bytes": scan.total_bytes,
+        "class_name": manifest.class_name,
+        "spec_file": manifest.spec_file,
+        "requirements_file": req_file,
+        "requirements": requirements,
+    }
+    if req_file is None:
+        report.warnings.append("no requirements.txt or environment.yaml: dependencies unknown")
+    with tempfile.TemporaryDirectory(prefix="lw-check-") as tmp:
+        package_dir = pkg.extract_package(zip_path, Path(tmp) / "package", limits)
+        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, output_cap_bytes)
+    return report

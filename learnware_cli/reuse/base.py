@@ -1,0 +1,343 @@
+"""What every reuser shares: the learnware protocol, failure bookkeeping and batched model calls.
+
+In the product each learnware's model lives in its own worker process, so any
+call may fail (a crash, a timeout). Reusers therefore never let one model's
+exception escape: ``BaseReuser`` records it in ``failures_`` as (id, message),
+leaves that learnware out for the rest of the estimator's life (``fit``
+starts afresh) and raises ``ReuseError`` only when no learnware is left.
+
+Conventions (shapes): X is (n, d); a regression model returns (n,) or (n, t),
+kept internally as (n, t); a classifier returns labels (n,) that are the class
+indices 0..n_classes-1, and ``predict_proba`` columns (n, n_classes) in that
+class order (scikit-learn's order for integer labels).
+
+This module imports no JAX: only the job selector needs the RKME code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from learnware_cli.errors import EXIT_USAGE, InputError, LwError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; importing rkme would load JAX
+    from learnware_cli.rkme import RKMESpec
+
+CLASSIFICATION = "Classification"
+REGRESSION = "Regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+DEFAULT_BATCH_SIZE = 4096
+
+Progress = Callable[[int, int], None]
+
+
+class ReuseError(LwError):
+    """No learnware could be used: every candidate failed; the message names each failure."""
+
+    exit_code = EXIT_USAGE
+    kind = "reuse"
+
+    def __init__(self, message: str, failures: Sequence[tuple[str, str]] = ()):
+        self.failures = list(failures)
+        if self.failures:
+            message = f"{message}: " + "; ".join(f"{lw_id}: {why}" for lw_id, why in self.failures)
+        super().__init__(message)
+
+
+def normalize_task(task: str) -> str:
+    """'classification' / 'REGRESSION' ... -> the canonical spelling; anything else is an InputError."""
+    for canonical in TASKS:
+        if isinstance(task, str) and task.strip().lower() == canonical.lower():
+            return canonical
+    raise InputError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+
+
+@dataclass
+class ReusableLearnware:
+    """One learnware as a reuser sees it.
+
+    model: anything with ``predict(X)`` and, optionally, ``predict_proba(X)``
+    (it may lack it, or raise AttributeError / NotImplementedError).
+    spec: its RKME specification (only the job selector needs one).
+    weight: its mixture weight from the search (used where a reuser asks for weights).
+    """
+
+    id: str
+    model: Any = field(repr=False)
+    spec: Optional["RKMESpec"] = field(default=None, repr=False)
+    task: str = CLASSIFICATION
+    n_classes: Optional[int] = None
+    weight: float = 1.0
+
+    def __post_init__(self):
+        self.task = normalize_task(self.task)
+        if self.n_classes is not None:
+            self.n_classes = int(self.n_classes)
+            if self.n_classes < 1:
+                raise InputError(f"learnware {self.id}: n_classes must be positive, got {self.n_classes}")
+        self.weight = float(self.weight)
+
+
+@dataclass
+class ModelOutput:
+    """One model's answer on some rows.
+
+    values: labels (n,) for classification, outputs (n, t) for regression.
+    proba: (n, C) class probabilities, or None when the model gave none.
+    """
+
+    values: np.ndarray
+    proba: Optional[np.ndarray] = None
+
+    @staticmethod
+    def concat(parts: Sequence["ModelOutput"]) -> "ModelOutput":
+        values = np.concatenate([p.values for p in parts])
+        probas = [p.proba for p in parts]
+        proba = None if any(p is None for p in probas) else np.concatenate(probas)
+        return ModelOutput(values=values, proba=proba)
+
+    def take(self, rows: np.ndarray) -> "ModelOutput":
+        return ModelOutput(self.values[rows], None if self.proba is None else self.proba[rows])
+
+
+def as_matrix(X, numeric: bool = False) -> np.ndarray:
+    """Check that X is a non-empty 2-D table -> ndarray (n, d); float64 when numeric.
+
+    Values are otherwise passed through untouched: models own their NaN handling.
+    """
+    if X is None:
+        raise InputError("no data given")
+    try:
+        X = np.asarray(X, dtype=np.float64) if numeric else np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"data must be numeric ({exc})") from None
+    if X.ndim != 2:
+        raise InputError(f"data must be a 2-D table (rows x columns), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise InputError(f"data is empty (shape {X.shape})")
+    return X
+
+
+def integral_labels(labels) -> np.ndarray:
+    """Labels (n,) as int64 when they are whole numbers (0.0 -> 0), else unchanged."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "biu":
+        return labels.astype(np.int64)
+    if labels.dtype.kind in "fO":
+        try:
+            as_float = labels.astype(np.float64)
+        except (TypeError, ValueError):
+            return labels
+        if np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)):
+            return as_float.astype(np.int64)
+        if labels.dtype.kind == "O":
+            return np.asarray(labels.tolist())
+    return labels
+
+
+def check_targets(task: str, X: np.ndarray, y) -> np.ndarray:
+    """Labels for X: (n,) class labels for classification, (n, t) floats for regression."""
+    if y is None:
+        raise InputError("this reuse method needs labels (y) for the user's rows")
+    y = np.asarray(y)
+    if y.shape[0] != X.shape[0]:
+        raise InputError(f"{X.shape[0]} rows but {y.shape[0]} labels")
+    if task == REGRESSION:
+        try:
+            y = y.astype(np.float64).reshape(X.shape[0], -1)
+        except (TypeError, ValueError):
+            raise InputError("regression targets must be numbers") from None
+        if not np.all(np.isfinite(y)):
+            raise InputError("regression targets must be finite (found NaN or Inf)")
+        return y
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise InputError(f"class labels must be one column, got shape {y.shape}")
+    return integral_labels(y)
+
+
+def squeeze_outputs(values: np.ndarray) -> np.ndarray:
+    """Regression outputs (n, t) -> (n,) when t == 1, as the user expects."""
+    return values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
+
+
+class BaseReuser(BaseEstimator):
+    """scikit-learn-style base: subclasses take ``learnwares``, ``batch_size``, ``progress`` in __init__.
+
+    ``learnwares`` is ranked (best first), as the search returns them.
+    ``progress(done_rows, total_rows)`` is called after each batch of a pass
+    over the data (a reuser that falls back to another learnware starts a new pass).
+    """
+
+    needs_labels: ClassVar[bool] = False
+
+    # -- set-up ---------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Validate the learnware list and reset the failure record (start of fit)."""
+        lws = list(self.learnwares or [])
+        if not lws:
+            raise InputError("no learnwares to reuse")
+        for lw in lws:
+            if not isinstance(lw, ReusableLearnware):
+                raise InputError(f"expected ReusableLearnware objects, got {type(lw).__name__}")
+        tasks = sorted({lw.task for lw in lws})
+        if len(tasks) > 1:
+            raise InputError(f"learnwares mix tasks ({', '.join(tasks)}); reuse needs one task")
+        batch = getattr(self, "batch_size", DEFAULT_BATCH_SIZE)
+        if not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch!r}")
+        counts = {lw.n_classes for lw in lws if lw.n_classes is not None}
+        self._lws = lws
+        self.task_ = tasks[0]
+        # Differing counts mean nested label spaces (0..C-1); the widest covers all.
+        self.n_classes_ = max(counts) if counts else None
+        self.failures_: list[tuple[str, str]] = []
+        self._dead: set[int] = set()
+        self._proba_width: dict[int, Optional[int]] = {}  # i -> width, or None: label-only
+
+    def _ensure_begun(self) -> None:
+        """Label-free reusers may be used without an explicit fit()."""
+        if not hasattr(self, "failures_"):
+            self.fit()
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task_ == CLASSIFICATION
+
+    # -- failure bookkeeping ---------------------------------------------
+
+    def _alive(self, indices: Optional[Sequence[int]] = None) -> list[int]:
+        indices = range(len(self._lws)) if indices is None else indices
+        return [i for i in indices if i not in self._dead]
+
+    def _fail(self, i: int, exc: BaseException) -> None:
+        self._dead.add(i)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.failures_.append((self._lws[i].id, f"{type(exc).__name__}: {text}" if text else type(exc).__name__))
+
+    def _nothing_left(self, what: str) -> ReuseError:
+        return ReuseError(f"no learnware left to {what}", self.failures_)
+
+    def _check_widths(self, outputs: dict[int, ModelOutput], width: Optional[int] = None) -> None:
+        """Regression outputs must share one width t (that of the labels, when given): InputError naming the odd one."""
+        if self.task_ != REGRESSION or not outputs:
+            return
+        width = width or next(iter(outputs.values())).values.shape[1]
+        for i, out in outputs.items():
+            if out.values.shape[1] != width:
+                raise InputError(
+                    f"learnware {self._lws[i].id} gives {out.values.shape[1]} outputs per row, expected {width}"
+                )
+
+    def _report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    # -- model calls -------------------------------------------------------
+
+    def _call(self, i: int, X: np.ndarray, want_proba: bool) -> ModelOutput:
+        """One validated model call on a batch X (b, d); raises on any defect."""
+        model = self._lws[i].model
+        if self.task_ == REGRESSION:
+            return ModelOutput(values=_regression_values(model.predict(X), len(X)))
+        if want_proba and self._proba_width.get(i, 0) is not None:
+            proba = self._try_proba(i, X)
+            if proba is not None:
+                return ModelOutput(values=np.argmax(proba, axis=1).astype(np.int64), proba=proba)
+        return ModelOutput(values=_label_values(model.predict(X), len(X)))
+
+    def _try_proba(self, i: int, X: np.ndarray) -> Optional[np.ndarray]:
+        """predict_proba (b, C), or None when this model has none (decided on its first call).
+
+        Only the first call may reveal "no probabilities"; the same symptom later
+        is a failure like any other.
+        """
+        known = i in self._proba_width
+        model = self._lws[i].model
+        if not known and _declares_no_proba(model):
+            self._proba_width[i] = None
+            return None
+        try:
+            proba = np.asarray(model.predict_proba(X), dtype=np.float64)
+        except (AttributeError, NotImplementedError):
+            if known:
+                raise
+            self._proba_width[i] = None
+            return None
+        expected = self._proba_width.get(i) or self._lws[i].n_classes or self.n_classes_
+        good_shape = proba.ndim == 2 and proba.shape[0] == len(X) and (expected is None or proba.shape[1] == expected)
+        if not good_shape:
+            if known:
+                raise ValueError(f"predict_proba returned shape {proba.shape} for {len(X)} rows")
+            self._proba_width[i] = None  # unusable columns: vote with its labels instead
+            return None
+        if not np.all(np.isfinite(proba)):
+            raise ValueError("predict_proba returned NaN or Inf")
+        self._proba_width[i] = proba.shape[1]
+        return proba
+
+    def _collect(self, X: np.ndarray, indices: Sequence[int], want_proba: bool = True) -> dict[int, ModelOutput]:
+        """Outputs of the given learnwares on all rows of X, batch by batch.
+
+        The loop is batch-outer so progress counts rows of X; a learnware that
+        fails on any batch is dropped entirely (its earlier batches too), so
+        every returned output covers all n rows. -> {index: ModelOutput}
+        """
+        n = len(X)
+        parts: dict[int, list[ModelOutput]] = {i: [] for i in self._alive(indices)}
+        for start in range(0, n, int(self.batch_size)):
+            batch = X[start : start + int(self.batch_size)]
+            for i in list(parts):
+                try:
+                    parts[i].append(self._call(i, batch, want_proba))
+                except Exception as exc:  # noqa: BLE001 - any model failure leaves that learnware out
+                    self._fail(i, exc)
+                    del parts[i]
+            if not parts:
+                return {}
+            self._report(min(start + len(batch), n), n)
+        return {i: ModelOutput.concat(p) for i, p in parts.items()}
+
+
+def _regression_values(pred, rows: int) -> np.ndarray:
+    """Model output -> finite float (rows, t)."""
+    out = np.asarray(pred, dtype=np.float64)
+    if out.ndim == 0 or out.shape[0] != rows or out.ndim > 2:
+        raise ValueError(f"model returned shape {out.shape} for {rows} rows")
+    out = out.reshape(rows, -1)
+    if not np.all(np.isfinite(out)):
+        raise ValueError("model returned NaN or Inf")
+    return out
+
+
+def _label_values(pred, rows: int) -> np.ndarray:
+    """Model labels -> (rows,), ints when whole numbers."""
+    out = np.asarray(pred)
+    if out.ndim == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.ndim != 1 or out.shape[0] != rows:
+        raise ValueError(f"model returned labels of shape {out.shape} for {rows} rows")
+    return integral_labels(out)
+
+
+def _declares_no_proba(model) -> bool:
+    """Whether the model says up front that it has no predict_proba.
+
+    Read from a ``has_predict_proba`` attribute (bool or method) or, for the
+    market's ``ModelWorker``, ``info()["has_predict_proba"]``; the worker's
+    predict_proba raises a generic WorkerError otherwise, which would read
+    as a failure.
+    """
+    flag = getattr(model, "has_predict_proba", None)
+    if callable(flag):
+        flag = flag()
+    if flag is None and callable(getattr(model, "info", None)):
+        info = model.info()
+        flag = info.get("has_predict_proba") if isinstance(info, dict) else None
+    return flag is False
