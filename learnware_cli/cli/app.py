@@ -12,7 +12,7 @@ import sys
 import typer
 
 from learnware_cli import __version__
-from learnware_cli.cli import init_cmd, market_cmds, search_cmd, spec_cmd
+from learnware_cli.cli import init_cmd, market_cmds, search_cmd, spec_cmd, submit_cmds
 from learnware_cli.cli.output import print_json, stderr
 from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, RejectedError
 
@@ -47,6 +47,7 @@ def _root(
 
 init_cmd.register(app)
 spec_cmd.register(app)
+submit_cmds.register(app)
 market_cmds.register(app)
 search_cmd.register(app)
 

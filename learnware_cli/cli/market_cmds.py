@@ -50,7 +50,7 @@ def list_learnwares(
     query = parse_tag_filters(tag, opened.vocabulary)
     found = semantic_search(opened.entries(), query, name, opened.vocabulary)
     rows = [summary(entry) for entry, _ in found]
-    columns = ["id", "name", "version", "task", "scenario", "input_dim", "output_dim", "submitted"]
+    columns = ["id", "name", "version", "task", "scenario", "input_dim", "output_dim"]
     Output(json_output).emit(
         {"ok": True, "market": str(opened.root), "count": len(rows), "learnwares": rows},
         lambda c: c.print(table(f"{opened.name}: {len(rows)} learnware(s)", columns, [[r[k] for k in columns] for r in rows])),
@@ -103,9 +103,9 @@ def show(
         pairs += [("checksum", record["checksum"][:16] + "…")]
         console.print(key_values(pairs))
         console.print(table("versions", ["version", "submitted", "checksum", "notes"], [[r["version"], r["submitted"], r["checksum"][:12], r.get("notes", "")] for r in entry["versions"]]))
-        checks = report.get("checks", [])
+        checks = report.get("passed", [])
         if checks:
-            console.print(table("checks", ["check", "result", "seconds"], [[c.get("name"), c.get("status", "passed"), c.get("seconds", "")] for c in checks]))
+            console.print(table("checks passed", ["check", "seconds", "detail"], [[c.get("check"), f"{c.get('seconds', 0):.3f}", c.get("detail", "")] for c in checks]))
 
     Output(json_output).emit(data, human)
 

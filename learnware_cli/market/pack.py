@@ -99,6 +99,15 @@ def _describe_estimator(estimator, spec, semantic: dict) -> tuple[int, int, dict
     return n_in, _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64)), semantic
 
 
+def infer_output_dim(model_path, spec, task: str) -> int:
+    """Output.Dimension for a model: its number of classes (Classification) or output columns."""
+    estimator = _load_estimator(Path(model_path))
+    classes = getattr(estimator, "classes_", None)
+    if task.lower() == "classification" and classes is not None:
+        return len(classes)
+    return _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64))
+
+
 def _check_output_dim(semantic: dict, actual: int, what: str) -> None:
     declared = semantic.get("Output", {}).get("Dimension")
     if declared is not None and declared != actual:

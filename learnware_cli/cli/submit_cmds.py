@@ -1,0 +1,153 @@
+"""`lw pack` and `lw submit`: the submitting stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
+from learnware_cli.cli.output import Output, table
+from learnware_cli.errors import EXIT_REJECTED
+
+
+def _read_semantic(path: Path) -> dict:
+    from learnware_cli.errors import InputError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def pack(
+    model: Path = typer.Option(..., "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
+    out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="The model's RKME (from `lw spec`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training rows: fit the RKME now (instead of --spec)."),
+    market: Optional[Path] = typer.Option(None, "--market", "-m", help="Take gamma and K for --data from this market."),
+    semantic: Optional[Path] = typer.Option(None, "--semantic", help="Semantic specification JSON (instead of the flags below)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Learnware name."),
+    description: str = typer.Option("", "--description", help="What the model does, on which data."),
+    task: Optional[str] = typer.Option(None, "--task", help="Classification, Regression, ..."),
+    data_type: str = typer.Option("Table", "--data-type", help="Table, Image or Text."),
+    library: str = typer.Option("Scikit-learn", "--library", help="Scikit-learn, PyTorch, TensorFlow, Others."),
+    scenario: List[str] = typer.Option([], "--scenario", help="Scenario tag (repeatable): Business, Health, ..."),
+    license: str = typer.Option("MIT", "--license", help="MIT, Apache-2.0, BSD-3-Clause, ..."),
+    input_desc: List[str] = typer.Option([], "--input-desc", help="Description of each input column, in order (repeatable)."),
+    output_dim: Optional[int] = typer.Option(None, "--output-dim", help="Output columns (regression) or classes (classification); default: from the model."),
+    requirements: Optional[Path] = typer.Option(None, "--requirements", help="requirements.txt to ship (default: this machine's versions)."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Pack a scikit-learn model, its RKME and its semantic specification into a learnware zip.
+
+    Example: lw pack --model model.joblib --data train.csv --market ./market --name "Store 7 sales" --task Regression --scenario Business --out store7.zip
+    """
+    from learnware_cli.errors import InputError
+    from learnware_cli.market.pack import pack_sklearn
+    from learnware_cli.market.semantic import build_semantic
+    from learnware_cli.rkme.spec import RKMESpec
+
+    output = Output(json_output)
+    if (spec is None) == (data is None):
+        raise InputError("give exactly one of --spec (a fitted RKME) or --data (rows to fit it on)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lw-pack-") as tmp:
+        if data is not None:
+            from learnware_cli.data_io import read_table
+            from learnware_cli.rkme import fit_rkme
+            from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
+
+            gamma, k = DEFAULT_GAMMA, DEFAULT_K
+            if market is not None:
+                opened = open_market(market)
+                gamma, k = opened.gamma, opened.k
+            rows = read_table(data)
+            with output.progress("fitting RKME", total=1) as update:
+                fitted = fit_rkme(rows, k=k, gamma=gamma, on_stage=lambda s, d, t: update(d, t, s))
+            spec = Path(tmp) / "rkme.json"
+            fitted.save(spec)
+        loaded = RKMESpec.load(spec)
+        if semantic is not None:
+            semantic_doc = _read_semantic(semantic)
+        else:
+            if not name or not task:
+                raise InputError("give --semantic FILE, or at least --name and --task")
+            if output_dim is None:
+                from learnware_cli.market.pack import infer_output_dim
+
+                output_dim = infer_output_dim(model, loaded, task)
+            semantic_doc = build_semantic(
+                name=name,
+                description=description,
+                data=data_type,
+                task=task,
+                library=library,
+                scenarios=scenario or ["Others"],
+                license=license,
+                input_dim=loaded.dim,
+                output_dim=output_dim,
+                input_desc=input_desc or None,
+            )
+        written = pack_sklearn(model, spec, semantic_doc, out, requirements=requirements)
+    size = written.stat().st_size
+    output.emit(
+        {"ok": True, "out": str(written), "bytes": size, "input_dim": loaded.dim, "K": loaded.size},
+        lambda c: c.print(f"Wrote {written} ({size / 1024:.1f} KiB): input dimension {loaded.dim}, RKME K={loaded.size}"),
+    )
+
+
+def submit(
+    packages: List[Path] = typer.Argument(..., help="Learnware zip(s) to submit (lw pack output or Beimingwu format)."),
+    market: Optional[Path] = MARKET_OPTION,
+    semantic: Optional[Path] = typer.Option(None, "--semantic", help="Semantic specification JSON (wins over the zip's own)."),
+    update: Optional[str] = typer.Option(None, "--update", help="Submit as a new version of this learnware id."),
+    price: Optional[float] = typer.Option(None, "--price", help="Optional price recorded with the version."),
+    notes: Optional[str] = typer.Option(None, "--notes", help="Optional release notes recorded with the version."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the model may take to load and predict (default: the market's)."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Check packages and add the accepted ones to the market (exit 3 if any is rejected).
+
+    Example: lw submit store7.zip --market ./market --json
+    """
+    from learnware_cli.errors import RejectedError
+    from learnware_cli.market.submit import submit_packages
+
+    output = Output(json_output)
+    opened = open_market(market)
+    override = _read_semantic(semantic) if semantic is not None else None
+    with output.progress("checking packages", total=len(packages)) as update_bar:
+        outcomes = submit_packages(
+            opened, packages, override, update_id=update, price=price, notes=notes, timeout=timeout,
+            progress=lambda done, total, what: update_bar(done, total, f"checking {what}"),
+        )
+    rejected = [o for o in outcomes if not o.accepted]
+    if len(outcomes) == 1 and rejected:
+        raise RejectedError(rejected[0].check, f"{Path(rejected[0].package).name}: {rejected[0].reason}")
+
+    def human(console):
+        for o in outcomes:
+            if o.accepted:
+                console.print(f"[green]accepted[/] {o.package} -> id {o.id} version {o.version} ({o.name})")
+            else:
+                console.print(f"[red]rejected[/] {o.package}: {o.check}: {o.reason}", highlight=False)
+        if len(outcomes) > 1:
+            console.print(f"{len(outcomes) - len(rejected)} accepted, {len(rejected)} rejected")
+
+    data = {"ok": not rejected, "accepted": [o.to_dict() for o in outcomes if o.accepted], "rejected": [o.to_dict() for o in rejected]}
+    if len(outcomes) == 1:
+        data.update(outcomes[0].to_dict())
+    output.emit(data, human)
+    if rejected:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pack")(pack)
+    app.command("submit")(submit)
