@@ -1,0 +1,185 @@
+"""`lw submit` against a real market: rejections leave it untouched, parallel and killed
+submitters leave a valid index, reference-format packages are accepted, versions work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import badpackages as bp
+from learnware_cli.errors import EXIT_NOT_FOUND, EXIT_REJECTED
+from learnware_cli.market.store import Market
+
+# the market-level subset of the corpus: one or more per check (test_checks.py runs every case)
+MARKET_CASES = [
+    "not-a-zip",
+    "dotdot-path",
+    "symlink-entry",
+    "zip-bomb-ratio",
+    "yaml-os-system",
+    "bad-semantic-value",
+    "nan-spec",
+    "spec-wrong-dimension",
+    "model-sleeps-forever",
+    "model-raises-in-predict",
+    "model-prints-megabytes",
+    "output-wrong-dim",
+]
+CASES = {case.name: case for case in bp.BAD_CASES}
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with its bytes' digest (folders as None): 'byte-identical' made testable."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = None if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def assert_valid_market(root: Path) -> dict:
+    index = json.loads((root / "index.json").read_text())
+    for entry in index["learnwares"].values():
+        for record in entry["versions"]:
+            folder = root / record["path"]
+            for name in ("package.zip", "rkme.json", "semantic.json", "report.json"):
+                assert (folder / name).is_file(), f"{folder / name} missing"
+            data = (folder / "package.zip").read_bytes()
+            assert hashlib.sha256(data).hexdigest() == record["checksum"]
+    return index
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tmp_path_factory.mktemp("submit-corpus")
+
+
+@pytest.fixture
+def market(tmp_path):
+    return Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+
+
+@pytest.mark.parametrize("name", MARKET_CASES)
+def test_rejected_package_leaves_market_byte_identical(name, corpus, market, lw_json):
+    case = CASES[name]
+    zip_path = case.build(_fresh(corpus, name))
+    before = snapshot(market.root)
+    args = ["submit", zip_path, "--market", market.root]
+    if "timeout" in case.options:
+        args += ["--timeout", case.options["timeout"]]
+    code, doc = lw_json(*args)
+    assert code == EXIT_REJECTED, doc
+    assert doc["ok"] is False and doc["check"] == case.check
+    assert case.needle.lower() in doc["message"].lower()
+    assert "\n" not in doc["message"]
+    assert snapshot(market.root) == before
+
+
+def _fresh(corpus: Path, name: str) -> Path:
+    folder = corpus / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_accepted_package_is_stored_and_listed(corpus, market, lw_json):
+    code, doc = lw_json("submit", bp.good_sklearn_zip(corpus / "good"), "--market", market.root, "--notes", "first")
+    assert code == 0 and doc["ok"] and doc["id"] == "00000001" and doc["version"] == 1
+    assert doc["record"]["input_dim"] == bp.DIM and doc["record"]["notes"] == "first"
+    index = assert_valid_market(market.root)
+    assert list(index["learnwares"]) == ["00000001"]
+    code, listing = lw_json("list", "--market", market.root, "--tag", "Task=Classification")
+    assert code == 0 and [r["id"] for r in listing["learnwares"]] == ["00000001"]
+    code, shown = lw_json("show", "00000001", "--market", market.root)
+    assert code == 0 and shown["rkme"]["dim"] == bp.DIM
+    assert [c["check"] for c in shown["report"]["passed"]][-1] == "model-output"
+
+
+def test_beimingwu_package_is_accepted_and_predicts(corpus, market, lw_json, tmp_path):
+    from learnware_cli.market.package import extract_package
+    from learnware_cli.market.worker import ModelWorker
+
+    code, doc = lw_json("submit", bp.beimingwu_zip(corpus / "beimingwu"), "--market", market.root)
+    assert code == 0, doc
+    stored = market.path(doc["record"]["path"]) / "package.zip"
+    folder = extract_package(stored, tmp_path / "unpacked")
+    x, _, _ = bp.data(7)
+    with ModelWorker(folder, timeout=30) as worker:
+        assert worker.predict(x).shape[0] == 7
+
+
+def test_versions_update_show_and_remove(corpus, market, lw, lw_json):
+    first = bp.good_sklearn_zip(corpus / "v1")
+    second = bp.good_sklearn_zip(corpus / "v2", task="Classification")
+    assert lw_json("submit", first, "--market", market.root)[0] == 0
+    code, doc = lw_json("submit", second, "--market", market.root, "--update", "00000001", "--price", "9.5")
+    assert code == 0 and doc["id"] == "00000001" and doc["version"] == 2 and doc["record"]["price"] == 9.5
+    code, versions = lw_json("versions", "00000001", "--market", market.root)
+    assert [v["version"] for v in versions["versions"]] == [1, 2]
+    code, shown = lw_json("show", "00000001@1", "--market", market.root)
+    assert code == 0 and shown["version"]["version"] == 1
+    assert lw_json("show", "00000001@7", "--market", market.root)[0] == EXIT_NOT_FOUND
+    assert lw_json("submit", second, "--market", market.root, "--update", "00000099")[0] == EXIT_NOT_FOUND
+    assert lw_json("remove", "00000001@1", "--market", market.root)[0] == 0
+    index = assert_valid_market(market.root)
+    assert [v["version"] for v in index["learnwares"]["00000001"]["versions"]] == [2]
+    assert not (market.root / "learnwares" / "00000001" / "v1").exists()
+    assert lw_json("remove", "00000001", "--market", market.root)[0] == 0
+    assert assert_valid_market(market.root)["learnwares"] == {}
+
+
+def test_bulk_submit_reports_each_package(corpus, market, lw_json):
+    good = bp.good_numpy_zip(corpus / "bulk-good")
+    bad = CASES["nan-spec"].build(_fresh(corpus, "bulk-bad"))
+    code, doc = lw_json("submit", good, bad, good, "--market", market.root)
+    assert code == EXIT_REJECTED and doc["ok"] is False
+    assert [a["id"] for a in doc["accepted"]] == ["00000001", "00000002"]
+    assert [r["check"] for r in doc["rejected"]] == ["spec"]
+    assert len(assert_valid_market(market.root)["learnwares"]) == 2
+
+
+def _submit_process(zip_path: Path, market: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "learnware_cli", "submit", str(zip_path), "--market", str(market), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_parallel_submitters_all_land(corpus, market):
+    good = bp.good_numpy_zip(corpus / "parallel")
+    procs = [_submit_process(good, market.root) for _ in range(8)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outputs]
+    ids = sorted(json.loads(out)["id"] for out, _ in outputs)
+    assert ids == [f"{i:08d}" for i in range(1, 9)]
+    index = assert_valid_market(market.root)
+    assert len(index["learnwares"]) == 8
+
+
+def test_killed_submitter_leaves_a_valid_index(corpus, market, lw_json):
+    good = bp.good_numpy_zip(corpus / "killed")
+    rng = random.Random(0)
+    for _ in range(4):
+        proc = _submit_process(good, market.root)
+        time.sleep(rng.uniform(0.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert_valid_market(market.root)
+    # a later submit and a sweep still work, and leave no unreferenced folders
+    assert lw_json("submit", good, "--market", market.root)[0] == 0
+    code, doc = lw_json("reindex", "--market", market.root)
+    assert code == 0
+    index = assert_valid_market(market.root)
+    referenced = {r["path"] for e in index["learnwares"].values() for r in e["versions"]}
+    on_disk = {f"learnwares/{p.parent.name}/{p.name}" for p in (market.root / "learnwares").glob("*/v*")}
+    assert on_disk == referenced
+    assert not (market.root / ".staging").exists()
