@@ -157,12 +157,52 @@ def bench_search() -> None:
             shutil.rmtree(market.root)
 
 
+def bench_submit() -> None:
+    """Accepted packages per second: small scikit-learn models, every check included."""
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    from learnware_cli.market.pack import pack_sklearn
+    from learnware_cli.market.semantic import build_semantic
+    from learnware_cli.market.store import Market
+    from learnware_cli.market.submit import submit_packages
+    from learnware_cli.rkme import fit_rkme
+
+    count = 6 if ARGS.quick else 16
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        zips = []
+        for i in range(count):
+            x = rng.normal(size=(500, 8)) + i
+            y = x @ rng.normal(size=8)
+            joblib.dump(Ridge().fit(x, y), Path(tmp) / f"m{i}.joblib")
+            fit_rkme(x, k=50).save(Path(tmp) / f"s{i}.json")
+            semantic = build_semantic(f"bench {i}", "", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", 8, 1)
+            zips.append(pack_sklearn(Path(tmp) / f"m{i}.joblib", Path(tmp) / f"s{i}.json", semantic, Path(tmp) / f"p{i}.zip"))
+        for jobs in (1, 2, 4):
+            market = Market.create(Path(tmp) / f"market{jobs}", k=50)
+            started = time.perf_counter()
+            outcomes = submit_packages(market, zips, jobs=jobs)
+            seconds = time.perf_counter() - started
+            assert all(o.accepted for o in outcomes)
+            record("submit", f"bulk submit {count} packages, {jobs} job(s)", seconds, f"{count / seconds:.2f} packages/s")
+        market = Market.create(Path(tmp) / "market-cli", k=50)
+        cmd = lambda i: [sys.executable, "-m", "learnware_cli", "submit", str(zips[i]), "--market", str(market.root), "--json"]
+        times = []
+        for i in range(3):
+            started = time.perf_counter()
+            subprocess.run(cmd(i), check=True, capture_output=True)
+            times.append(time.perf_counter() - started)
+        record("submit", "cold `lw submit` of 1 package", statistics.median(times), "whole process, checks included")
+
+
 SECTIONS = {
     "fit": bench_fit,
     "quality": bench_fit_quality,
     "spec-cold": bench_spec_cold,
     "mmd": bench_mmd,
     "search": bench_search,
+    "submit": bench_submit,
 }
 
 

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from learnware_cli import __version__
-from learnware_cli.cli import init_cmd, market_cmds, search_cmd, spec_cmd, submit_cmds
+from learnware_cli.cli import init_cmd, market_cmds, reuse_cmd, search_cmd, spec_cmd, submit_cmds
 from learnware_cli.cli.output import print_json, stderr
 from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, RejectedError
 
@@ -50,6 +50,7 @@ spec_cmd.register(app)
 submit_cmds.register(app)
 market_cmds.register(app)
 search_cmd.register(app)
+reuse_cmd.register(app)
 
 
 def _report_error(exc: LwError, json_mode: bool) -> None:

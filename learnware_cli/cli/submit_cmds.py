@@ -110,6 +110,7 @@ def submit(
     price: Optional[float] = typer.Option(None, "--price", help="Optional price recorded with the version."),
     notes: Optional[str] = typer.Option(None, "--notes", help="Optional release notes recorded with the version."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the model may take to load and predict (default: the market's)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Packages checked at once (default: up to 4, one per core)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Check packages and add the accepted ones to the market (exit 3 if any is rejected).
@@ -124,7 +125,7 @@ def submit(
     override = _read_semantic(semantic) if semantic is not None else None
     with output.progress("checking packages", total=len(packages)) as update_bar:
         outcomes = submit_packages(
-            opened, packages, override, update_id=update, price=price, notes=notes, timeout=timeout,
+            opened, packages, override, update_id=update, price=price, notes=notes, timeout=timeout, jobs=jobs,
             progress=lambda done, total, what: update_bar(done, total, f"checking {what}"),
         )
     rejected = [o for o in outcomes if not o.accepted]

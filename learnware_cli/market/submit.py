@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import json
 import tempfile
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from learnware_cli.errors import InputError, RejectedError
 from learnware_cli.market.store import Market, NewVersion
+
+
+DEFAULT_JOBS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -75,25 +80,37 @@ def submit_packages(
     notes: Optional[str] = None,
     timeout: Optional[float] = None,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    jobs: Optional[int] = None,
 ) -> list[SubmitOutcome]:
-    """Check every package, then store all accepted ones at once. One outcome per package, in order."""
+    """Check every package (``jobs`` at a time), then store all accepted ones at once.
+
+    One outcome per package, in order.
+    """
     if update_id is not None:
         if len(zip_paths) != 1:
             raise InputError("--update takes exactly one package")
         market.entry(update_id)  # fail fast if the id is unknown
+    zip_paths = [Path(p) for p in zip_paths]
+    for zip_path in zip_paths:
+        if not zip_path.is_file():
+            raise InputError(f"{zip_path}: no such file")
+    jobs = max(1, min(jobs or DEFAULT_JOBS, len(zip_paths)))
+
+    def check(zip_path: Path):
+        try:
+            return check_for_market(market, zip_path, semantic_override, timeout)
+        except RejectedError as exc:
+            return exc
+
     outcomes: list[SubmitOutcome] = []
     accepted: list[tuple[SubmitOutcome, NewVersion]] = []
-    with tempfile.TemporaryDirectory(prefix="lw-submit-") as tmp:
-        for number, zip_path in enumerate(zip_paths):
-            zip_path = Path(zip_path)
+    with tempfile.TemporaryDirectory(prefix="lw-submit-") as tmp, ThreadPoolExecutor(jobs) as pool:
+        # checks wait on model worker processes, so threads overlap them well
+        for number, (zip_path, report) in enumerate(zip(zip_paths, pool.map(check, zip_paths))):
             if progress:
-                progress(number, len(zip_paths), zip_path.name)
-            if not zip_path.is_file():
-                raise InputError(f"{zip_path}: no such file")
-            try:
-                report = check_for_market(market, zip_path, semantic_override, timeout)
-            except RejectedError as exc:
-                outcomes.append(SubmitOutcome(str(zip_path), False, check=exc.check, reason=exc.reason))
+                progress(number + 1, len(zip_paths), zip_path.name)
+            if isinstance(report, RejectedError):
+                outcomes.append(SubmitOutcome(str(zip_path), False, check=report.check, reason=report.reason))
                 continue
             staged = Path(tmp) / str(number)
             staged.mkdir()

@@ -1,0 +1,257 @@
+"""Learnwares of a market, ready for the reusers, with their models kept out of this process.
+
+Each learnware's stored ``package.zip`` is extracted to a private temp dir and
+its model runs in a ``ModelWorker`` (a sandboxed subprocess); the reusers see
+a ``WorkerModel`` with the usual ``predict`` / ``predict_proba``. The RKME and
+the task come from the files the market stored at submission (``rkme.json``,
+``semantic.json``), never from the package, so nothing submitted is parsed here.
+
+A learnware whose model cannot start is left out and reported in
+``LoadedLearnwares.failures``; only when none starts is that an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from learnware_cli.errors import InputError, LwError
+from learnware_cli.market.store import Market
+from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, normalize_task
+
+Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the latest, weight)
+
+# Workers load in threads: start-up is mostly the child importing its libraries,
+# so a few at once overlap that wait without flooding a small machine.
+MAX_PARALLEL_STARTS = 4
+
+
+class WorkerModel:
+    """A started ModelWorker seen as a model: predict, predict_proba, has_predict_proba."""
+
+    def __init__(self, worker, info: dict):
+        self._worker = worker
+        self.info = dict(info)
+        self.has_predict_proba = bool(info.get("has_predict_proba"))
+
+    def predict(self, X) -> np.ndarray:
+        return self._worker.predict(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        if not self.has_predict_proba:
+            # AttributeError is what the reusers read as "no probabilities here"
+            raise AttributeError(f"model {self.info.get('class_name', '')} has no predict_proba")
+        return self._worker.predict_proba(X)
+
+
+class LoadedLearnwares(list):
+    """What open_learnwares yields: a list of the usable ReusableLearnware (in ref order), plus
+
+    ``described``: per listed learnware, {"id", "version", "name", "weight"};
+    ``failures``: the learnwares left out, {"id", "version", "reason"}.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.described: list[dict] = []
+        self.failures: list[dict] = []
+
+
+@dataclass
+class _Planned:
+    """A ref resolved against the index, before any worker starts."""
+
+    id: str
+    version: int
+    name: str
+    weight: float
+    folder: Path
+    task: str
+    n_classes: Optional[int]
+
+    def describe(self) -> dict:
+        return {"id": self.id, "version": self.version, "name": self.name, "weight": self.weight}
+
+
+# --------------------------------------------------------------------------- refs
+
+
+def parse_learnware_ref(text: str) -> tuple[str, Optional[int]]:
+    """'00000003@2' -> ('00000003', 2); '00000003' -> ('00000003', None)."""
+    ident, sep, version = str(text).strip().partition("@")
+    if not ident:
+        raise InputError(f"bad learnware reference {text!r} (expected ID or ID@VERSION)")
+    if not sep:
+        return ident, None
+    try:
+        number = int(version)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(f"bad version in {text!r} (expected ID@N with N a positive whole number)")
+    return ident, number
+
+
+def refs_from_search_json(doc) -> list[Ref]:
+    """The learnwares to reuse from `lw search --json` output.
+
+    The mixture (with its weights) when the search found one, since it is the
+    set that together covers the user's data; else the single ranking, weight 1 each.
+    """
+    if not isinstance(doc, dict) or ("single" not in doc and "mixture" not in doc):
+        raise InputError("not the output of `lw search --json` (no 'single' or 'mixture' list)")
+    if doc.get("ok") is False:
+        raise InputError(f"the search itself failed: {doc.get('message', 'no message')}")
+    mixture = doc.get("mixture") or {}
+    if mixture.get("learnwares"):
+        return [_ref(item, item.get("weight", 1.0)) for item in mixture["learnwares"]]
+    single = doc.get("single") or []
+    if not single:
+        raise InputError("the search result lists no learnwares")
+    return [_ref(item, 1.0) for item in single]
+
+
+def _ref(item, weight) -> Ref:
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        raise InputError(f"search result entry without an id: {item!r}")
+    version = item.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise InputError(f"search result entry {item['id']} has a bad version {version!r}")
+    try:
+        weight = float(weight)
+    except (TypeError, ValueError):
+        raise InputError(f"search result entry {item['id']} has a bad weight {weight!r}") from None
+    return item["id"], version, weight
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int]) -> list[_Planned]:
+    """Resolve every ref (unknown id or version: NotFoundError) and read its stored task.
+
+    Done for all refs before any worker starts, so a typo costs nothing.
+    """
+    index = market.read_index()
+    planned = []
+    for learnware_id, version, weight in refs:
+        entry = market.entry(learnware_id, index)
+        record = market.version_record(entry, version)
+        dim = record.get("input_dim")
+        if input_dim is not None and dim is not None and dim != input_dim:
+            raise InputError(f"your data has {input_dim} columns but learnware {learnware_id}@{record['version']} takes {dim}")
+        folder = market.path(record["path"])
+        task, n_classes = _task_of(folder / "semantic.json")
+        name = str(entry.get("name", ""))
+        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, task, n_classes))
+    return planned
+
+
+def _task_of(semantic_path: Path) -> tuple[str, Optional[int]]:
+    """(Task value, number of classes or None) from a stored semantic.json."""
+    try:
+        semantic = json.loads(semantic_path.read_text(encoding="utf-8"))
+        task = (semantic.get("Task") or {}).get("Values", [""])[0]
+        dimension = (semantic.get("Output") or {}).get("Dimension")
+    except (OSError, ValueError, AttributeError, IndexError, TypeError):
+        return "", None
+    return task, (int(dimension) if task == CLASSIFICATION and isinstance(dimension, int) else None)
+
+
+def _start(plan: _Planned, scratch: Path, timeout: float, memory_mb: int) -> tuple[object, ReusableLearnware]:
+    """Extract the package, start its worker, wrap it. Raises LwError on any failure."""
+    from learnware_cli.market.package import extract_package
+    from learnware_cli.market.worker import ModelWorker
+    from learnware_cli.rkme.spec import RKMESpec
+
+    if not plan.task:
+        raise InputError("its stored semantic specification names no task")
+    task = normalize_task(plan.task)
+    spec = RKMESpec.load(plan.folder / "rkme.json")
+    package = extract_package(plan.folder / "package.zip", scratch / f"{plan.id}-v{plan.version}")
+    # copy_package=False: this extraction is private to the worker already
+    worker = ModelWorker(package, timeout=timeout, memory_mb=memory_mb, copy_package=False)
+    try:
+        model = WorkerModel(worker, worker.start())
+        return worker, ReusableLearnware(plan.id, model, spec=spec, task=task, n_classes=plan.n_classes, weight=plan.weight)
+    except BaseException:
+        worker.close()
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the failures list."""
+    text = exc.message if isinstance(exc, LwError) else f"{type(exc).__name__}: {exc}"
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _start_all(planned: list[_Planned], scratch: Path, timeout: float, memory_mb: int) -> list[Future]:
+    """Start every worker (a few at a time) and wait for all; futures in plan order.
+
+    If we are interrupted while waiting, each worker that still comes up is
+    closed as soon as it does, so no model process outlives us.
+    """
+    pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STARTS, len(planned)))
+    futures = [pool.submit(_start, plan, scratch, timeout, memory_mb) for plan in planned]
+    try:
+        wait(futures)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for future in futures:
+            future.add_done_callback(_close_if_started)
+        raise
+    pool.shutdown()
+    return futures
+
+
+def _close_if_started(future: Future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result()[0].close()
+
+
+@contextlib.contextmanager
+def open_learnwares(
+    market: Market,
+    refs: Sequence[Ref],
+    timeout: Optional[float] = None,
+    memory_mb: Optional[int] = None,
+    input_dim: Optional[int] = None,
+) -> Iterator[LoadedLearnwares]:
+    """Start a worker per learnware; yield the ones that started; stop every worker at exit.
+
+    refs: (id, version or None for the latest, weight), best first. timeout
+    (seconds per model call) and memory_mb default to the market's model
+    limits. input_dim, when given, must match each learnware's (InputError
+    otherwise, before any worker starts). Raises ReuseError when no learnware starts.
+    """
+    if not refs:
+        raise InputError("no learnwares to reuse")
+    limits = market.limits
+    timeout = float(timeout if timeout is not None else limits.get("model_timeout_s", 60))
+    memory_mb = int(memory_mb if memory_mb is not None else limits.get("model_memory_mb", 4096))
+    planned = _plan(market, refs, input_dim)
+    loaded = LoadedLearnwares()
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-reuse-")))
+        futures = _start_all(planned, scratch, timeout, memory_mb)
+        started = [f.result() if f.exception() is None else None for f in futures]
+        for pair in started:
+            if pair is not None:
+                stack.callback(pair[0].close)
+        for plan, pair, future in zip(planned, started, futures):
+            if pair is None:  # one bad learnware is reported, not fatal
+                loaded.failures.append({"id": plan.id, "version": plan.version, "reason": _reason(future.exception())})
+                continue
+            loaded.append(pair[1])
+            loaded.described.append(plan.describe())
+        if not loaded:
+            raise ReuseError("no learnware could be started", [(f["id"], f["reason"]) for f in loaded.failures])
+        yield loaded
