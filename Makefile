@@ -26,7 +26,19 @@ demo: install
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK)
 	$(LW) init $(DEMO_MARKET) --name demo
 	$(BIN)/python -m learnware_cli.experiment.demo_data $(DEMO_WORK)
+	@# developers: pack each model with its RKME and tags, then submit them all (checks run in parallel)
+	for dev in $(DEMO_WORK)/dev_*; do \
+	  $(LW) pack --model $$dev/model.joblib --data $$dev/X.csv --market $(DEMO_MARKET) \
+	    --name "sales model $$(basename $$dev)" --task Regression --scenario Business \
+	    --description "gradient boosting on region $$(basename $$dev)" --out $$dev/learnware.zip || exit 1; \
+	done
+	$(LW) submit $(DEMO_WORK)/dev_*/learnware.zip --market $(DEMO_MARKET)
+	$(LW) list --market $(DEMO_MARKET)
+	@# a user: RKME of the user's rows, fitted locally; search by tags and by data
 	$(LW) spec $(DEMO_WORK)/user_X.csv --market $(DEMO_MARKET) --out $(DEMO_WORK)/user_rkme.json
+	$(LW) search --market $(DEMO_MARKET) --tag Task=Regression --name "sales model"
+	$(LW) search --market $(DEMO_MARKET) --spec $(DEMO_WORK)/user_rkme.json -k 3
+	$(LW) search --market $(DEMO_MARKET) --data $(DEMO_WORK)/user_X.csv -k 3 --json > $(DEMO_WORK)/found.json
 	@echo "demo finished: market in $(DEMO_MARKET), files in $(DEMO_WORK)"
 
 clean:
