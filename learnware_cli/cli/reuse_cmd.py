@@ -20,7 +20,7 @@ def reuse(
     learnware: List[str] = typer.Option([], "--learnware", "-l", help="A learnware to reuse, ID or ID@VERSION (repeatable, best first)."),
     from_search: Optional[Path] = typer.Option(None, "--from", help="Output of `lw search --json`: its mixture (with weights), else its ranking."),
     data: Path = typer.Option(..., "--data", help="Your rows to predict (CSV, .npy, .npz)."),
-    labeled: Optional[Tuple[Path, Path]] = typer.Option(None, "--labeled", help="X.csv y.csv: labeled rows of your task, for the methods that learn from them."),
+    labeled: Optional[Tuple[Path, Path]] = typer.Option(None, "--labeled", metavar="X Y", help="X.csv y.csv: labeled rows of your task, for the methods that learn from them."),
     method: Optional[str] = typer.Option(
         None,
         "--method",
@@ -65,7 +65,8 @@ def reuse(
         loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1])
         reuser = reuser_class(learnwares=list(loaded))
         predictions = _fit_predict(output, reuser, rows, train)
-        failures = loaded.failures + [{"id": i, "reason": why} for i, why in reuser.failures_]
+        versions = {d["id"]: d["version"] for d in loaded.described}
+        failures = loaded.failures + [{"id": i, "version": versions.get(i), "reason": why} for i, why in reuser.failures_]
         used = set(used_ids(reuser))
         task = reuser.task_
 

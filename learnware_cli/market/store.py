@@ -19,6 +19,7 @@ worst an unreferenced folder, which ``Market.sweep`` removes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import datetime as _dt
 import hashlib
 import json
@@ -205,6 +206,9 @@ class Market:
         if not fresh:
             _INDEX_CACHE.clear()
             _INDEX_CACHE[key] = index
+            # a big index is a large, long-lived object graph: keep the cyclic GC from
+            # re-scanning it on every allocation burst (it cost 0.1 s per search at 10k entries)
+            gc.freeze()
         return index
 
     @contextlib.contextmanager
