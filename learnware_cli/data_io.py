@@ -115,6 +115,24 @@ def read_vector(path) -> np.ndarray:
     return arr[:, 0] if arr.shape[1] == 1 else arr
 
 
+def as_matrix(X, numeric: bool = False) -> np.ndarray:
+    """Check that X is a non-empty 2-D table -> ndarray (n, d); float64 when numeric.
+
+    Values are otherwise passed through untouched: models own their NaN handling.
+    """
+    if X is None:
+        raise InputError("no data given")
+    try:
+        X = np.asarray(X, dtype=np.float64) if numeric else np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"data must be numeric ({exc})") from None
+    if X.ndim != 2:
+        raise InputError(f"data must be a 2-D table (rows x columns), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise InputError(f"data is empty (shape {X.shape})")
+    return X
+
+
 def write_table(path, arr) -> None:
     """Write predictions to .npy or CSV (no header), creating parent folders."""
     path = Path(path)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from learnware_cli.data_io import as_matrix
 from learnware_cli.errors import EXIT_USAGE, InputError, LwError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; importing rkme would load JAX
@@ -102,24 +103,6 @@ class ModelOutput:
 
     def take(self, rows: np.ndarray) -> "ModelOutput":
         return ModelOutput(self.values[rows], None if self.proba is None else self.proba[rows])
-
-
-def as_matrix(X, numeric: bool = False) -> np.ndarray:
-    """Check that X is a non-empty 2-D table -> ndarray (n, d); float64 when numeric.
-
-    Values are otherwise passed through untouched: models own their NaN handling.
-    """
-    if X is None:
-        raise InputError("no data given")
-    try:
-        X = np.asarray(X, dtype=np.float64) if numeric else np.asarray(X)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"data must be numeric ({exc})") from None
-    if X.ndim != 2:
-        raise InputError(f"data must be a 2-D table (rows x columns), got shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise InputError(f"data is empty (shape {X.shape})")
-    return X
 
 
 def integral_labels(labels) -> np.ndarray:

@@ -105,22 +105,30 @@ def refs_from_search_json(doc) -> list[Ref]:
     The mixture (with its weights) when the search found one, since it is the
     set that together covers the user's data; else the single ranking, weight 1 each.
     """
+    if isinstance(doc, dict) and doc.get("ok") is False:
+        raise InputError(f"the search itself failed: {doc.get('message', 'no message')}")
     if not isinstance(doc, dict) or ("single" not in doc and "mixture" not in doc):
         raise InputError("not the output of `lw search --json` (no 'single' or 'mixture' list)")
-    if doc.get("ok") is False:
-        raise InputError(f"the search itself failed: {doc.get('message', 'no message')}")
-    mixture = doc.get("mixture") or {}
+    mixture = doc.get("mixture") if isinstance(doc.get("mixture"), dict) else {}
     if mixture.get("learnwares"):
-        return [_ref(item, item.get("weight", 1.0)) for item in mixture["learnwares"]]
-    single = doc.get("single") or []
+        return [_ref(item, "weight") for item in _listed(mixture["learnwares"])]
+    single = _listed(doc.get("single") or [])
     if not single:
         raise InputError("the search result lists no learnwares")
-    return [_ref(item, 1.0) for item in single]
+    return [_ref(item, None) for item in single]
 
 
-def _ref(item, weight) -> Ref:
+def _listed(items) -> list:
+    if not isinstance(items, list):
+        raise InputError("the search result's learnwares are not a list")
+    return items
+
+
+def _ref(item, weight_key: Optional[str]) -> Ref:
+    """(id, version, weight) of one search result entry; weight 1 when weight_key is None."""
     if not isinstance(item, dict) or not isinstance(item.get("id"), str):
         raise InputError(f"search result entry without an id: {item!r}")
+    weight = item.get(weight_key, 1.0) if weight_key else 1.0
     version = item.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
         raise InputError(f"search result entry {item['id']} has a bad version {version!r}")

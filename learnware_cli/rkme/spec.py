@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from learnware_cli.data_io import as_matrix
 from learnware_cli.errors import InputError, SpecError
 from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
 from learnware_cli.rkme import kernels
@@ -122,14 +123,7 @@ def clean_data(x) -> np.ndarray:
     (n, d) array-like -> float64 (n, d). Raises InputError for a non-2-D or
     empty array, a non-numeric one, or a column with no finite value.
     """
-    try:
-        x = np.array(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"data must be numeric ({exc})") from None
-    if x.ndim != 2:
-        raise InputError(f"data must be a 2-D table (rows x columns), got {x.ndim}-D shape {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise InputError(f"data is empty (shape {x.shape})")
+    x = np.array(as_matrix(x, numeric=True))  # a copy: the caller's array is not modified
     bad = ~np.isfinite(x)
     if bad.any():
         finite_count = (~bad).sum(axis=0)
