@@ -188,10 +188,26 @@ def lloyd_step(centers, x, x_weights):
     return jnp.where(mass[:, None] > 0, sums / jnp.where(mass > 0, mass, 1.0)[:, None], centers)
 
 
-def kmeans(key, x, x_weights, k, iterations=25):
-    """Weighted k-means (k-means++ seeding, then Lloyd) -> centers (k, d)."""
+def kmeans(key, x, x_weights, k, iterations=25, tol=1e-6):
+    """Weighted k-means (k-means++ seeding, then Lloyd) -> centers (k, d).
+
+    Lloyd stops after ``iterations`` steps or once no center moves by more than
+    tol (relative to the data's spread), whichever comes first.
+    """
     centers = kmeans_plus_plus(key, x, x_weights, k)
-    return jax.lax.fori_loop(0, iterations, lambda _, c: lloyd_step(c, x, x_weights), centers)
+    scale = jnp.sum(x_weights * jnp.sum((x - x_weights @ x) ** 2, axis=1))
+
+    def cond(state):
+        it, _, shift = state
+        return (it < iterations) & (shift > tol * scale)
+
+    def body(state):
+        it, c, _ = state
+        new = lloyd_step(c, x, x_weights)
+        return it + 1, new, jnp.max(jnp.sum((new - c) ** 2, axis=1))
+
+    _, centers, _ = jax.lax.while_loop(cond, body, (0, centers, jnp.asarray(jnp.inf, x.dtype)))
+    return centers
 
 
 def refine_points(z, beta, x, x_weights, gamma, step_size):
