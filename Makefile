@@ -39,7 +39,24 @@ demo: install
 	$(LW) search --market $(DEMO_MARKET) --tag Task=Regression --name "sales model"
 	$(LW) search --market $(DEMO_MARKET) --spec $(DEMO_WORK)/user_rkme.json -k 3
 	$(LW) search --market $(DEMO_MARKET) --data $(DEMO_WORK)/user_X.csv -k 3 --json > $(DEMO_WORK)/found.json
+	@# reuse what the search found on the user's rows; the user's true targets are held out for scoring
+	for method in single average job-selector; do \
+	  $(LW) reuse --market $(DEMO_MARKET) --from $(DEMO_WORK)/found.json --data $(DEMO_WORK)/user_X.csv \
+	    --method $$method --out $(DEMO_WORK)/pred-$$method.csv --evaluate $(DEMO_WORK)/user_y.csv || exit 1; \
+	done
+	@# with 50 labeled rows of the user's own
+	for method in ensemble-pruning feature-augment user-ensemble; do \
+	  $(LW) reuse --market $(DEMO_MARKET) --from $(DEMO_WORK)/found.json --data $(DEMO_WORK)/user_X.csv \
+	    --labeled $(DEMO_WORK)/user_labeled_X.csv $(DEMO_WORK)/user_labeled_y.csv \
+	    --method $$method --out $(DEMO_WORK)/pred-$$method.csv --evaluate $(DEMO_WORK)/user_y.csv || exit 1; \
+	done
 	@echo "demo finished: market in $(DEMO_MARKET), files in $(DEMO_WORK)"
+
+experiment: install
+	$(BIN)/python -m learnware_cli.experiment.run --out experiment-out
+
+experiment-quick: install
+	$(BIN)/python -m learnware_cli.experiment.run --out experiment-out --quick
 
 clean:
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK) .jax_cache .pytest_cache
