@@ -98,8 +98,8 @@ def test_accepted_package_is_stored_and_listed(corpus, market, lw_json):
     assert list(index["learnwares"]) == ["00000001"]
     code, listing = lw_json("list", "--market", market.root, "--tag", "Task=Classification")
     assert code == 0 and [r["id"] for r in listing["learnwares"]] == ["00000001"]
-    code, shown = lw_json("show", "00000001", "--market", market.root)
-    assert code == 0 and shown["rkme"]["dim"] == bp.DIM
+    code, shown = lw_json("show", "1", "--market", market.root)  # short ids are padded
+    assert code == 0 and shown["id"] == "00000001" and shown["rkme"]["dim"] == bp.DIM
     assert [c["check"] for c in shown["report"]["passed"]][-1] == "model-output"
 
 

@@ -10,6 +10,7 @@ import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
 from learnware_cli.cli.output import Output, key_values, table
+from learnware_cli.market.store import parse_learnware_ref
 
 
 def _semantic_value(entry: dict, key: str) -> str:
@@ -57,19 +58,6 @@ def list_learnwares(
     )
 
 
-def _parse_ref(ref: str) -> tuple[str, Optional[int]]:
-    """'ID' or 'ID@VERSION' -> (id, version or None)."""
-    from learnware_cli.errors import InputError
-
-    learnware_id, _, version = ref.partition("@")
-    if not version:
-        return learnware_id, None
-    try:
-        return learnware_id, int(version.lstrip("v"))
-    except ValueError:
-        raise InputError(f"bad version in {ref!r}: expected ID@N, e.g. 00000001@2") from None
-
-
 def show(
     ref: str = typer.Argument(..., help="Learnware id, optionally @version (e.g. 00000001@2)."),
     market: Optional[Path] = MARKET_OPTION,
@@ -82,8 +70,9 @@ def show(
     from learnware_cli.rkme.spec import RKMESpec
 
     opened = open_market(market)
-    learnware_id, version = _parse_ref(ref)
+    learnware_id, version = parse_learnware_ref(ref)
     entry = opened.entry(learnware_id)
+    learnware_id = entry["id"]
     record = opened.version_record(entry, version)
     folder = opened.path(record["path"])
     semantic = json.loads((folder / "semantic.json").read_text())
@@ -139,7 +128,7 @@ def remove(
     Example: lw remove 00000003 --market ./market
     """
     opened = open_market(market)
-    learnware_id, version = _parse_ref(ref)
+    learnware_id, version = parse_learnware_ref(ref)
     opened.remove(learnware_id, version)
     what = f"{learnware_id}" + (f" version {version}" if version else "")
     Output(json_output).emit({"ok": True, "removed": learnware_id, "version": version}, lambda c: c.print(f"Removed {what}"))

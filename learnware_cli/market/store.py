@@ -83,6 +83,22 @@ def template_text(name: str) -> str:
     return resources.files("learnware_cli.market_template").joinpath(name).read_text(encoding="utf-8")
 
 
+def parse_learnware_ref(text: str) -> tuple[str, Optional[int]]:
+    """'00000003@2' -> ('00000003', 2); '00000003' -> ('00000003', None)."""
+    ident, sep, version = str(text).strip().partition("@")
+    if not ident:
+        raise InputError(f"bad learnware reference {text!r} (expected ID or ID@VERSION)")
+    if not sep:
+        return ident, None
+    try:
+        number = int(version)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(f"bad version in {text!r} (expected ID@N with N a positive whole number)")
+    return ident, number
+
+
 _INDEX_CACHE: dict = {}
 
 
@@ -238,9 +254,13 @@ class Market:
         return list(self.read_index()["learnwares"].values())
 
     def entry(self, learnware_id: str, index: Optional[dict] = None) -> dict:
+        """The index entry of an id; a short numeric id ("7") means its padded form ("00000007")."""
         index = index or self.read_index()
+        table = index["learnwares"]
+        if learnware_id not in table and learnware_id.isdigit():
+            learnware_id = f"{int(learnware_id):08d}"
         try:
-            return index["learnwares"][learnware_id]
+            return table[learnware_id]
         except KeyError:
             raise NotFoundError(f"no learnware {learnware_id!r} in market {self.root}") from None
 
@@ -301,8 +321,8 @@ class Market:
             index["next_id"] = int(index.get("next_id", 1)) + 1
             entry = {"id": learnware_id, "versions": []}
         else:
-            learnware_id = item.update_id
-            entry = self.entry(learnware_id, index)
+            entry = self.entry(item.update_id, index)
+            learnware_id = entry["id"]
         version = (entry["versions"][-1]["version"] + 1) if entry["versions"] else 1
         relative = f"learnwares/{learnware_id}/v{version}"
         target = self.root / relative
@@ -321,6 +341,7 @@ class Market:
         """Drop a learnware (or one of its versions) from the index, then delete its files."""
         with self.transaction() as index:
             entry = self.entry(learnware_id, index)
+            learnware_id = entry["id"]
             if version is None or len(entry["versions"]) == 1 and entry["versions"][0]["version"] == version:
                 del index["learnwares"][learnware_id]
                 doomed = [self.root / "learnwares" / learnware_id]

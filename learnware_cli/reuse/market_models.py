@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from learnware_cli.errors import InputError, LwError
-from learnware_cli.market.store import Market
+from learnware_cli.market.store import Market, parse_learnware_ref
 from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, normalize_task
 
 Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the latest, weight)
@@ -83,22 +83,6 @@ class _Planned:
 # --------------------------------------------------------------------------- refs
 
 
-def parse_learnware_ref(text: str) -> tuple[str, Optional[int]]:
-    """'00000003@2' -> ('00000003', 2); '00000003' -> ('00000003', None)."""
-    ident, sep, version = str(text).strip().partition("@")
-    if not ident:
-        raise InputError(f"bad learnware reference {text!r} (expected ID or ID@VERSION)")
-    if not sep:
-        return ident, None
-    try:
-        number = int(version)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise InputError(f"bad version in {text!r} (expected ID@N with N a positive whole number)")
-    return ident, number
-
-
 def refs_from_search_json(doc) -> list[Ref]:
     """The learnwares to reuse from `lw search --json` output.
 
@@ -151,6 +135,7 @@ def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int]) -> list
     planned = []
     for learnware_id, version, weight in refs:
         entry = market.entry(learnware_id, index)
+        learnware_id = entry["id"]
         record = market.version_record(entry, version)
         dim = record.get("input_dim")
         if input_dim is not None and dim is not None and dim != input_dim:
