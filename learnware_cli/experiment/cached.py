@@ -20,6 +20,7 @@ class RowLookup:
     def __init__(self, X: np.ndarray):
         X = np.ascontiguousarray(X, dtype=np.float64)
         self.dim = X.shape[1]
+        self.n_rows = X.shape[0]
         # later duplicates map to the first copy: identical rows get identical outputs anyway
         self._index: dict[bytes, int] = {}
         for i, row in enumerate(X):
@@ -43,8 +44,8 @@ class CachedModel:
 
     def __init__(self, lookup: RowLookup, outputs: np.ndarray):
         outputs = np.asarray(outputs)
-        if len(outputs) != len(lookup._index) and len(outputs) < max(lookup._index.values(), default=-1) + 1:
-            raise ValueError("outputs do not cover the cached rows")
+        if len(outputs) != lookup.n_rows:
+            raise ValueError(f"{len(outputs)} outputs for {lookup.n_rows} cached rows")
         self.lookup = lookup
         self.outputs = outputs
 
