@@ -48,16 +48,29 @@ def version_key(learnware_id: str, version: int) -> str:
     return f"{learnware_id}@{version}"
 
 
+_GROUPS: dict = {}
+
+
 def searchable_versions(index: dict, all_versions: bool = False) -> dict[int, list[tuple[str, dict, dict]]]:
-    """Group the versions a search considers by input dimension: {dim: [(key, entry, record)]}."""
+    """Group the table-data versions a search considers by input dimension: {dim: [(key, entry, record)]}.
+
+    Computed once per parsed index (the index object is shared while index.json is unchanged).
+    """
+    memo = _GROUPS.get(all_versions)
+    if memo is not None and memo[0] is index:
+        return memo[1]
     groups: dict[int, list[tuple[str, dict, dict]]] = {}
     for entry in index["learnwares"].values():
+        data_types = entry.get("semantic", {}).get("Data", {}).get("Values", ["Table"])
+        if "Table" not in data_types:
+            continue
         records = entry["versions"] if all_versions else entry["versions"][-1:]
         for record in records:
             dim = record.get("input_dim")
             if dim is None:
                 continue
             groups.setdefault(int(dim), []).append((version_key(entry["id"], record["version"]), entry, record))
+    _GROUPS[all_versions] = (index, groups)
     return groups
 
 
@@ -132,7 +145,7 @@ def build(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> CachedStack:
     """Stack the specs of members, reusing rows of previous where the key matches."""
-    from learnware_cli.rkme.spec import RKMESpec, SpecStack
+    from learnware_cli.rkme.spec import STACK_BLOCK, RKMESpec, SpecStack
 
     reuse = {}
     if previous is not None and np.isclose(previous.gamma, market.gamma):
@@ -145,16 +158,18 @@ def build(
             if progress and len(fresh) % 200 == 0:
                 progress(len(fresh), len(members))
     k_max = max([s.size for _, s in fresh] + ([previous.zs.shape[1]] if reuse else [1]))
-    m = len(members)
+    # rows beyond len(members) are zero-weight padding up to a block multiple, stored as such
+    # so that loading the stack onto the device needs no copy to pad it
+    m = -(-len(members) // STACK_BLOCK) * STACK_BLOCK
     zs = np.zeros((m, k_max, dim), dtype=np.float32)
     betas = np.zeros((m, k_max), dtype=np.float32)
     selfs = np.zeros(m)
     for position, (key, _, _) in enumerate(members):
         if key in reuse:
             row = reuse[key]
-            k_prev = previous.zs.shape[1]
-            zs[position, :k_prev] = previous.zs[row]
-            betas[position, :k_prev] = previous.betas[row]
+            k_prev = min(previous.zs.shape[1], k_max)
+            zs[position, :k_prev] = previous.zs[row, :k_prev]
+            betas[position, :k_prev] = previous.betas[row, :k_prev]
             selfs[position] = previous.self_products[row]
     if fresh:
         fresh_stack = SpecStack.from_specs([s for _, s in fresh], dtype="float64")
@@ -176,9 +191,10 @@ def current(
         return None, []
     generation = int(index.get("generation", 0))
     cached = load(market, dim)
-    wanted = [key for key, _, _ in members]
-    if cached is not None and cached.generation == generation and list(cached.keys) == wanted:
-        return cached, members
+    if cached is not None and cached.generation == generation and cached.count == len(members):
+        # same generation, same index: the same members; check the ends as a cheap guard
+        if str(cached.keys[0]) == members[0][0] and str(cached.keys[-1]) == members[-1][0]:
+            return cached, members
     stack = build(market, dim, members, generation, previous=cached, progress=progress)
     if not all_versions:  # the all-versions view is rare and stays in memory
         _save(market, dim, stack)

@@ -20,7 +20,6 @@ from learnware_cli.rkme.spec import RKMESpec
 from learnware_cli.search import cache
 from learnware_cli.search.semantic import semantic_search
 
-TABLE = "Table"
 
 
 @dataclass
@@ -57,11 +56,6 @@ def _describe(entry: dict, record: dict) -> dict:
     }
 
 
-def _data_type(entry: dict) -> str:
-    values = entry.get("semantic", {}).get("Data", {}).get("Values", [TABLE])
-    return values[0] if values else TABLE
-
-
 def search(
     market: Market,
     user_spec: Optional[RKMESpec] = None,
@@ -75,7 +69,8 @@ def search(
     """Find learnwares for a user: see the module docstring for the rules."""
     index = market.read_index()
     result = SearchResult(market=str(market.root))
-    ranked = semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary)
+    filtered = bool(tags) or bool(text)
+    ranked = semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary) if filtered or user_spec is None else []
     if user_spec is None:
         result.considered = len(ranked)
         result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
@@ -88,11 +83,14 @@ def search(
         )
     result.mode = "statistical"
     result.user = {"dim": user_spec.dim, "K": user_spec.size, "gamma": user_spec.gamma}
-    allowed = {e["id"] for e, _ in ranked if _data_type(e) == TABLE}
     stack, members = cache.current(market, index, user_spec.dim, all_versions=all_versions, progress=progress)
     if stack is None:
         return result
-    rows = np.array([i for i, (_, entry, _) in enumerate(members) if entry["id"] in allowed], dtype=int)
+    if filtered:
+        allowed = {e["id"] for e, _ in ranked}
+        rows = np.array([i for i, (_, entry, _) in enumerate(members) if entry["id"] in allowed], dtype=int)
+    else:
+        rows = np.arange(len(members))
     result.considered = int(rows.size)
     if rows.size == 0:
         return result
@@ -132,5 +130,7 @@ def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versio
     key = (str(market.root.resolve()), dim, stack.generation, all_versions, stack.count)
     if key not in _DEVICE_STACKS:
         _DEVICE_STACKS.clear()  # one market at a time: keep memory bounded
-        _DEVICE_STACKS[key] = SpecStack.from_arrays(stack.zs, stack.betas, stack.gamma, self_products=stack.self_products)
+        _DEVICE_STACKS[key] = SpecStack.from_arrays(
+            stack.zs, stack.betas, stack.gamma, self_products=stack.self_products, count=stack.count
+        )
     return _DEVICE_STACKS[key]
