@@ -198,6 +198,16 @@ class Market:
     def limits(self) -> dict:
         return self.config.get("limits", {})
 
+    @property
+    def model_timeout_s(self) -> float:
+        """Wall time a submitted model may take per call (load, predict), in submit checks and reuse."""
+        return float(self.limits.get("model_timeout_s", 60))
+
+    @property
+    def model_memory_mb(self) -> int:
+        """Address-space limit of a model worker."""
+        return int(self.limits.get("model_memory_mb", 4096))
+
     # -- index ----------------------------------------------------------------
 
     def read_index(self, fresh: bool = False) -> dict:

@@ -64,8 +64,8 @@ def check_for_market(market: Market, zip_path: Path, semantic_override: Optional
         gamma=market.gamma,
         k=market.k,
         limits=limits_for(market),
-        timeout=float(timeout if timeout is not None else limits.get("model_timeout_s", 60)),
-        memory_mb=int(limits.get("model_memory_mb", 4096)),
+        timeout=float(timeout if timeout is not None else market.model_timeout_s),
+        memory_mb=market.model_memory_mb,
         semantic_override=semantic_override,
         n_rows=int(limits.get("check_rows", 64)),
     )

@@ -227,9 +227,8 @@ def open_learnwares(
     """
     if not refs:
         raise InputError("no learnwares to reuse")
-    limits = market.limits
-    timeout = float(timeout if timeout is not None else limits.get("model_timeout_s", 60))
-    memory_mb = int(memory_mb if memory_mb is not None else limits.get("model_memory_mb", 4096))
+    timeout = float(timeout if timeout is not None else market.model_timeout_s)
+    memory_mb = int(memory_mb if memory_mb is not None else market.model_memory_mb)
     planned = _plan(market, refs, input_dim)
     loaded = LoadedLearnwares()
     with contextlib.ExitStack() as stack:
