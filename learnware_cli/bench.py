@@ -111,6 +111,22 @@ def bench_mmd() -> None:
         del stack, zs, betas
 
 
+REFERENCE_HERD_S = {50: 0.07, 100: 0.26, 200: 3.3, 600: 600.0}
+
+
+def bench_herd() -> None:
+    """Herding T rows from a K=100, d=7 spec (the reference recomputes every step: T^3)."""
+    from learnware_cli.rkme import fit_rkme, herd
+
+    spec = fit_rkme(synthetic_rows(5000, 7), k=100)
+    for t in (50, 100, 200, 600, 1000):
+        herd(spec, t)
+        seconds = median_time(lambda: herd(spec, t), 3)
+        ref = REFERENCE_HERD_S.get(t)
+        note = (f"reference {ref} s" if ref < 600 else "reference over 10 min") if ref else "the job selector's default"
+        record("herd", f"herd {t} rows (K=100, d=7)", seconds, note)
+
+
 def _random_specs(m: int, k: int, d: int, rng):
     from learnware_cli.rkme.spec import RKMESpec
 
@@ -201,6 +217,7 @@ SECTIONS = {
     "quality": bench_fit_quality,
     "spec-cold": bench_spec_cold,
     "mmd": bench_mmd,
+    "herd": bench_herd,
     "search": bench_search,
     "submit": bench_submit,
 }
