@@ -113,9 +113,6 @@ class RKMESpec:
             raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_json_dict(obj, source=str(path))
 
-    def weight_sum_error(self) -> float:
-        return abs(float(np.sum(self.beta)) - 1.0)
-
 
 def clean_data(x) -> np.ndarray:
     """Validate a data matrix and replace NaN/Inf cells by their column's finite mean.
