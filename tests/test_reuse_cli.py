@@ -13,7 +13,8 @@ import badpackages as bp
 from learnware_cli.errors import EXIT_USAGE, InputError
 from learnware_cli.experiment.synthetic import make_regions, sample_mixture
 from learnware_cli.market.store import Market
-from learnware_cli.reuse.market_models import parse_learnware_ref, refs_from_search_json
+from learnware_cli.market.store import parse_learnware_ref
+from learnware_cli.reuse.market_models import refs_from_search_json
 
 DIM = 5
 K = 20

@@ -102,7 +102,8 @@ def default_method(n_learnwares: int, has_labels: bool) -> str:
 def _refs(learnware: List[str], from_search: Optional[Path]) -> list:
     """(id, version, weight) triples from --learnware or --from (exactly one of them)."""
     from learnware_cli.errors import InputError
-    from learnware_cli.reuse.market_models import parse_learnware_ref, refs_from_search_json
+    from learnware_cli.market.store import parse_learnware_ref
+    from learnware_cli.reuse.market_models import refs_from_search_json
 
     if bool(learnware) == (from_search is not None):
         raise InputError("name the learnwares with --learnware ID[@V] (repeatable) or --from SEARCH.json, not both")

@@ -8,14 +8,15 @@ from typing import Optional
 
 import typer
 
-from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION
+from learnware_cli.cli.common import JSON_OPTION
 from learnware_cli.cli.output import Output, fmt_float
+from learnware_cli.market.store import DEFAULT_MARKET_ENV
 
 
 def spec(
     data: Path = typer.Argument(..., help="Rows to summarise: .csv (header optional), .npy or .npz."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the specification JSON."),
-    market: Optional[Path] = typer.Option(None, "--market", "-m", help="Take gamma and K from this market (recommended)."),
+    market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K from this market (recommended; default $LW_MARKET if set)."),
     gamma: Optional[float] = typer.Option(None, "--gamma", help="Kernel width (default: the market's, else 0.1)."),
     k: Optional[int] = typer.Option(None, "--k", "-K", help="Reduced-set size (default: the market's, else 100)."),
     steps: int = typer.Option(3, "--steps", help="Alternating refinement rounds after k-means."),

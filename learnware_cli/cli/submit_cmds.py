@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
-from learnware_cli.cli.output import Output, table
+from learnware_cli.cli.output import Output
+from learnware_cli.market.store import DEFAULT_MARKET_ENV
 from learnware_cli.errors import EXIT_REJECTED
 
 
@@ -29,7 +30,7 @@ def pack(
     out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="The model's RKME (from `lw spec`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Training rows: fit the RKME now (instead of --spec)."),
-    market: Optional[Path] = typer.Option(None, "--market", "-m", help="Take gamma and K for --data from this market."),
+    market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K for --data from this market (default $LW_MARKET if set)."),
     semantic: Optional[Path] = typer.Option(None, "--semantic", help="Semantic specification JSON (instead of the flags below)."),
     name: Optional[str] = typer.Option(None, "--name", help="Learnware name."),
     description: str = typer.Option("", "--description", help="What the model does, on which data."),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from learnware_cli.data_io import as_matrix
+from learnware_cli.data_io import as_matrix  # noqa: F401  (re-exported: the reusers import it from here)
 from learnware_cli.errors import EXIT_USAGE, InputError, LwError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; importing rkme would load JAX

@@ -23,7 +23,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from learnware_cli.errors import InputError, LwError
-from learnware_cli.market.store import Market, parse_learnware_ref
+from learnware_cli.market.store import Market
 from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, normalize_task
 
 Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the latest, weight)
