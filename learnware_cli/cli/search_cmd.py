@@ -81,10 +81,12 @@ def reindex(
     """
     from learnware_cli.search.cache import rebuild_all
 
+    output = Output(json_output)
     opened = open_market(market)
     swept = opened.sweep()
-    counts = rebuild_all(opened)
-    Output(json_output).emit(
+    with output.progress("reading specifications", total=None) as update:
+        counts = rebuild_all(opened, progress=lambda done, total: update(done, total))
+    output.emit(
         {"ok": True, "stacks": {str(d): c for d, c in counts.items()}, "removed": swept},
         lambda c: c.print(f"Rebuilt search cache: {sum(counts.values())} spec(s) in {len(counts)} dimension group(s); removed {len(swept)} leftover(s)"),
     )

@@ -201,7 +201,7 @@ def current(
     return stack, members
 
 
-def rebuild_all(market: Market) -> dict[int, int]:
+def rebuild_all(market: Market, progress: Optional[Callable[[int, int], None]] = None) -> dict[int, int]:
     """`lw reindex`: drop every cache file and rebuild from the index -> {dim: count}."""
     folder = market.root / CACHE_DIR
     if folder.exists():
@@ -210,6 +210,6 @@ def rebuild_all(market: Market) -> dict[int, int]:
     index = market.read_index()
     counts = {}
     for dim, members in searchable_versions(index).items():
-        _save(market, dim, build(market, dim, members, int(index.get("generation", 0))))
+        _save(market, dim, build(market, dim, members, int(index.get("generation", 0)), progress=progress))
         counts[dim] = len(members)
     return counts
