@@ -196,3 +196,18 @@ def test_user_ensemble_with_labels(world, lw):
     assert code == 0, stderr
     text = " ".join(stdout.split())
     assert "user-ensemble" in text and "mse:" in text
+
+
+def test_job_selector_weighs_named_learnwares_by_the_users_rkme(world, found, lw_json):
+    """With --learnware (no search weights) the user's RKME is fitted locally to weigh them."""
+    _, doc = found
+    top = doc["single"][0]["id"]
+    named = [arg for lid in world["ids"] for arg in ("--learnware", lid)]  # includes region 2, which the user lacks
+    code, routed = lw_json("reuse", "--market", world["market"], *named, "--data", world["user"],
+                           "--method", "job-selector", "--evaluate", world["y"])
+    assert code == 0, routed
+    shares = routed["routing"]
+    assert set(shares) == set(world["ids"]) and sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert shares[world["ids"][2]] <= 0.06  # only the minimum herd for the region the user lacks
+    code, alone = lw_json("reuse", "--market", world["market"], "--learnware", top, "--data", world["user"], "--evaluate", world["y"])
+    assert routed["metric"]["value"] < 0.5 * alone["metric"]["value"], (routed["metric"], alone["metric"])

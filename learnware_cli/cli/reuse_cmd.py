@@ -64,10 +64,13 @@ def reuse(
     with contextlib.ExitStack() as stack:
         loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1])
         reuser = reuser_class(learnwares=list(loaded))
+        if method == "job-selector" and from_search is None and len(loaded) > 1:
+            reuser.user_spec = _user_spec(output, opened, rows)
         predictions = _fit_predict(output, reuser, rows, train)
         versions = {d["id"]: d["version"] for d in loaded.described}
         failures = loaded.failures + [{"id": i, "version": versions.get(i), "reason": why} for i, why in reuser.failures_]
         used = set(used_ids(reuser))
+        routing = _routing_shares(reuser)
         task = reuser.task_
 
     if out is not None:
@@ -89,7 +92,19 @@ def reuse(
         "out": str(out) if out is not None else None,
         "metric": metric,
     }
+    if routing:
+        result["routing"] = routing
     output.emit(result, lambda console: render(console, result))
+
+
+def _routing_shares(reuser) -> dict:
+    """Job selector: the share of herded rows each learnware got (its weight in the routing)."""
+    counts = getattr(reuser, "herd_counts_", None)
+    ids = getattr(reuser, "route_ids_", None)
+    if counts is None or ids is None or len(ids) < 2:
+        return {}
+    total = float(sum(counts))
+    return {lid: round(int(c) / total, 4) for lid, c in zip(ids, counts)}
 
 
 def default_method(n_learnwares: int, has_labels: bool) -> str:
@@ -116,6 +131,15 @@ def _refs(learnware: List[str], from_search: Optional[Path]) -> list:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{from_search}: not a JSON search result ({exc})") from None
     return refs_from_search_json(doc)
+
+
+def _user_spec(output: Output, market, rows):
+    """The RKME of the user's rows, fitted here, so the job selector weighs the learnwares
+    by the mixture that best matches them (as the reference does) instead of equally."""
+    from learnware_cli.rkme import fit_rkme
+
+    with output.progress("fitting your RKME locally", total=1) as update:
+        return fit_rkme(rows, k=market.k, gamma=market.gamma, on_stage=lambda s, d, t: update(d, t, s))
 
 
 def _start_models(stack, output: Output, market, refs: list, timeout: Optional[float], input_dim: int):
