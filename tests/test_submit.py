@@ -143,6 +143,8 @@ def test_bulk_submit_reports_each_package(corpus, market, lw_json):
     assert [a["id"] for a in doc["accepted"]] == ["00000001", "00000002"]
     assert [r["check"] for r in doc["rejected"]] == ["spec"]
     assert len(assert_valid_market(market.root)["learnwares"]) == 2
+    code, listing = lw_json("list", "--market", market.root, "--limit", "1")
+    assert code == 0 and listing["count"] == 2 and [r["id"] for r in listing["learnwares"]] == ["00000001"]
 
 
 def _submit_process(zip_path: Path, market: Path) -> subprocess.Popen:

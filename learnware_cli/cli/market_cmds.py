@@ -39,6 +39,7 @@ def list_learnwares(
     market: Optional[Path] = MARKET_OPTION,
     tag: List[str] = typer.Option([], "--tag", "-t", help="Filter Key=Value (repeatable), e.g. Task=Regression."),
     name: Optional[str] = typer.Option(None, "--name", help="Name/description text (substring, else fuzzy)."),
+    limit: int = typer.Option(100, "--limit", "-n", help="Show at most this many (0: all)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """List the learnwares in a market.
@@ -50,11 +51,13 @@ def list_learnwares(
     opened = open_market(market)
     query = parse_tag_filters(tag, opened.vocabulary)
     found = semantic_search(opened.entries(), query, name, opened.vocabulary)
-    rows = [summary(entry) for entry, _ in found]
+    shown = found if limit <= 0 else found[:limit]
+    rows = [summary(entry) for entry, _ in shown]
     columns = ["id", "name", "version", "task", "scenario", "input_dim", "output_dim"]
+    title = f"{opened.name}: {len(found)} learnware(s)" + (f", showing {len(rows)} (--limit 0 for all)" if len(rows) < len(found) else "")
     Output(json_output).emit(
-        {"ok": True, "market": str(opened.root), "count": len(rows), "learnwares": rows},
-        lambda c: c.print(table(f"{opened.name}: {len(rows)} learnware(s)", columns, [[r[k] for k in columns] for r in rows])),
+        {"ok": True, "market": str(opened.root), "count": len(found), "learnwares": rows},
+        lambda c: c.print(table(title, columns, [[r[k] for k in columns] for r in rows])),
     )
 
 
