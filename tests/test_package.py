@@ -252,7 +252,9 @@ def test_build_semantic_from_flags():
     assert sem["Scenario"]["Values"] == ["Business", "Financial"]
     assert sem["Input"]["Description"] == {"0": "age", "1": "income", "2": "tenure"}
     assert sem["Output"] == {"Dimension": 1, "Description": {}}
-    assert sem["Description"]["Values"] == ""
+    # what learnware 0.4's EasySemanticChecker demands: a non-empty Description, Model = Others
+    assert sem["Description"]["Values"] == "churn"
+    assert sem["Model"] == {"Values": ["Others"], "Type": "Optional"}
     assert set(VOCABULARY) == {"Data", "Task", "Library", "Scenario", "License"}
 
 

@@ -340,8 +340,12 @@ def build_semantic(
         "Scenario": {"Values": list(scenarios), "Type": "Tag"},
         "License": {"Values": [license], "Type": "Class"},
         "Name": {"Values": name, "Type": "String"},
-        "Description": {"Values": description or "", "Type": "String"},
+        # the reference checker refuses an empty Description
+        "Description": {"Values": description or name, "Type": "String"},
     }
+    if str(data).strip().lower() in ("table", "image"):
+        # learnware 0.4's EasySemanticChecker requires Model = Others for table and image learnwares
+        obj["Model"] = {"Values": ["Others"], "Type": "Optional"}
     if input_dim is not None:
         obj["Input"] = {"Dimension": input_dim, "Description": input_desc or {}}
     if output_dim is not None:
