@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,17 @@ def test_herded_rows_follow_the_spec():
     herded = RKMESpec(z=rows, beta=np.full(90, 1 / 90), gamma=0.5)
     unrelated = RKMESpec(z=rng.normal(size=(90, 2)) * 3 + 3, beta=np.full(90, 1 / 90), gamma=0.5)
     assert mmd2(spec, herded) < 0.1 * mmd2(spec, unrelated)
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_spec_file_written_by_the_reference_package_loads():
+    """rkme_written_by_learnware_0.4.json was saved by learnware 0.4.0.post1's
+    RKMETableSpecification.save (K=30, d=6); rkme_written_by_lw.json by lw. The
+    expected figures were computed by the reference package on these two files."""
+    theirs = RKMESpec.load(FIXTURES / "rkme_written_by_learnware_0.4.json")
+    ours = RKMESpec.load(FIXTURES / "rkme_written_by_lw.json")
+    assert (theirs.size, theirs.dim, theirs.gamma) == (30, 6, 0.1)
+    assert inner_product(theirs, theirs) == pytest.approx(0.4159830968520558, abs=1e-9)
+    assert mmd2(theirs, ours) == pytest.approx(0.009242925034238625, abs=1e-9)
