@@ -21,7 +21,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from learnware_cli._threads import prefer_single_threaded_blas
+
+prefer_single_threaded_blas()  # as the CLI does, before NumPy loads
+
+import numpy as np  # noqa: E402
 
 REFERENCE_FIT_S = {(1000, 10): 0.12, (5000, 20): 0.32, (20000, 50): 1.34}
 ROWS: list[dict] = []

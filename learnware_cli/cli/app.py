@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import sys
 
-import typer
+from learnware_cli._threads import prefer_single_threaded_blas
 
-from learnware_cli import __version__
+prefer_single_threaded_blas()  # before NumPy is first imported (cli.output imports it)
+
+import typer  # noqa: E402
+
+from learnware_cli import __version__  # noqa: E402
 from learnware_cli.cli import init_cmd, market_cmds, reuse_cmd, search_cmd, spec_cmd, submit_cmds
 from learnware_cli.cli.output import print_json, stderr
 from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, RejectedError
