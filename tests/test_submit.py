@@ -184,3 +184,30 @@ def test_killed_submitter_leaves_a_valid_index(corpus, market, lw_json):
     on_disk = {f"learnwares/{p.parent.name}/{p.name}" for p in (market.root / "learnwares").glob("*/v*")}
     assert on_disk == referenced
     assert not (market.root / ".staging").exists()
+
+
+def test_pack_cli_builds_a_package_the_market_accepts(tmp_path, market, lw, lw_json):
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    x, _, y = bp.data(300)
+    np.savetxt(tmp_path / "X.csv", x, delimiter=",")
+    joblib.dump(Ridge().fit(x, y), tmp_path / "model.joblib")
+    common = ["--model", tmp_path / "model.joblib", "--market", market.root, "--out", tmp_path / "pkg.zip"]
+    code, doc = lw_json("pack", *common, "--data", tmp_path / "X.csv", "--name", "ridge", "--task", "Regression", "--scenario", "Business")
+    assert code == 0 and doc["input_dim"] == bp.DIM, doc
+    code, doc = lw_json("submit", tmp_path / "pkg.zip", "--market", market.root)
+    assert code == 0 and doc["record"]["output_dim"] == 1 and doc["name"] == "ridge", doc
+
+    # flag mistakes are usage errors (exit 2) in one line, before any work is done
+    np.savetxt(tmp_path / "narrow.csv", x[:, :2], delimiter=",")
+    for args, needle in [
+        (["--data", tmp_path / "X.csv", "--name", "r", "--task", "Regresion"], "did you mean 'Regression'"),
+        (["--data", tmp_path / "narrow.csv", "--name", "r", "--task", "Regression"], f"takes {bp.DIM} features"),
+        (["--data", tmp_path / "X.csv", "--spec", tmp_path / "X.csv", "--name", "r", "--task", "Regression"], "exactly one of"),
+    ]:
+        code, _, err = lw("pack", *common, *args)
+        assert code == 2 and needle in err and err.strip().count("\n") == 0, (args, err)
+    code, _, err = lw("pack", "--model", tmp_path / "none.joblib", "--data", tmp_path / "X.csv", "--name", "r", "--task", "Regression", "--out", tmp_path / "p.zip")
+    assert code == 2 and "none.joblib: no such file" in err

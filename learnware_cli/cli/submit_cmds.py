@@ -25,6 +25,16 @@ def _read_semantic(path: Path) -> dict:
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def _semantic_from_flags(build, **fields) -> dict:
+    """A bad flag value is a usage error of `lw pack` (exit 2), not a market rejection."""
+    from learnware_cli.errors import InputError, RejectedError
+
+    try:
+        return build(**fields)
+    except RejectedError as exc:
+        raise InputError(exc.reason) from None
+
+
 def pack(
     model: Path = typer.Option(..., "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
     out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
@@ -56,6 +66,8 @@ def pack(
     output = Output(json_output)
     if (spec is None) == (data is None):
         raise InputError("give exactly one of --spec (a fitted RKME) or --data (rows to fit it on)")
+    if not model.is_file():
+        raise InputError(f"{model}: no such file")
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lw-pack-") as tmp:
@@ -83,7 +95,7 @@ def pack(
                 from learnware_cli.market.pack import infer_output_dim
 
                 output_dim = infer_output_dim(model, loaded, task)
-            semantic_doc = build_semantic(
+            semantic_doc = _semantic_from_flags(build_semantic, 
                 name=name,
                 description=description,
                 data=data_type,

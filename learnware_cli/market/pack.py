@@ -73,12 +73,7 @@ def _describe_estimator(estimator, spec, semantic: dict) -> tuple[int, int, dict
     """(input_dim, output_shape width, semantic with Output filled/checked) for the estimator."""
     if not hasattr(estimator, "predict"):
         raise InputError(f"{type(estimator).__name__} has no predict method; is it a fitted estimator?")
-    n_in = getattr(estimator, "n_features_in_", None)
-    if n_in is None:
-        raise InputError(f"{type(estimator).__name__} has no n_features_in_; fit it before packing")
-    n_in = int(n_in)
-    if n_in != spec.dim:
-        raise InputError(f"the model takes {n_in} features but the specification has dimension {spec.dim}")
+    n_in = _input_width(estimator, spec)
     declared_in = semantic.get("Input", {}).get("Dimension")
     if declared_in is not None and declared_in != n_in:
         raise InputError(f"semantic Input.Dimension is {declared_in} but the model takes {n_in} features")
@@ -99,9 +94,20 @@ def _describe_estimator(estimator, spec, semantic: dict) -> tuple[int, int, dict
     return n_in, _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64)), semantic
 
 
+def _input_width(estimator, spec) -> int:
+    """The estimator's number of input features, which must be the specification's dimension."""
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in is None:
+        raise InputError(f"{type(estimator).__name__} has no n_features_in_; fit it before packing")
+    if int(n_in) != spec.dim:
+        raise InputError(f"the model takes {int(n_in)} features but the specification has dimension {spec.dim}")
+    return int(n_in)
+
+
 def infer_output_dim(model_path, spec, task: str) -> int:
     """Output.Dimension for a model: its number of classes (Classification) or output columns."""
     estimator = _load_estimator(Path(model_path))
+    _input_width(estimator, spec)
     classes = getattr(estimator, "classes_", None)
     if task.lower() == "classification" and classes is not None:
         return len(classes)
