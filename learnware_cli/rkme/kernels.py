@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-jax.config.update("jax_enable_x64", True)
+from learnware_cli.rkme import _jax_setup  # noqa: F401  (float64 and the compile cache, configured once)
 
 
 def squared_distances(x, y):

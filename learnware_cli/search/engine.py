@@ -103,7 +103,7 @@ def search(
     own = self_product(user_spec)
     for row in order[:k]:
         _, entry, record = members[row]
-        mmd, selfs = exact_mmd2(user_spec, stack.zs[row], stack.betas[row])
+        mmd, selfs = exact_mmd2(user_spec, own, stack.zs[row], stack.betas[row])
         result.single.append({**_describe(entry, record), "mmd2": max(mmd, 0.0), "score": round(float(similarity(mmd, own, selfs)), 4)})
 
     if mixture and k > 1:

@@ -152,9 +152,9 @@ def greedy_mixture(user: RKMESpec, zs: np.ndarray, betas: np.ndarray, max_size: 
     members = [int(v) for v in np.asarray(selected)[:count]]
     w = np.asarray(weights)[:count]
     w = w / w.sum()
-    mixture = RKMESpec(z=zs[members].reshape(-1, zs.shape[2]), beta=(w[:, None] * betas[members]).reshape(-1), gamma=user.gamma)
-    mmd, mixture_self = exact_mmd2(user, mixture.z, mixture.beta)
-    score = float(similarity(mmd, self_product(user), mixture_self))
+    own = self_product(user)
+    mmd, mixture_self = exact_mmd2(user, own, zs[members].reshape(-1, zs.shape[2]), (w[:, None] * betas[members]).reshape(-1))
+    score = float(similarity(mmd, own, mixture_self))
     return Mixture(members=members, weights=w, mmd2=max(mmd, 0.0), score=score)
 
 
@@ -167,12 +167,12 @@ def self_product(spec: RKMESpec) -> float:
     return float(spec.beta @ np.exp(-spec.gamma * _sqdist(spec.z, spec.z)) @ spec.beta)
 
 
-def exact_mmd2(user: RKMESpec, z: np.ndarray, beta: np.ndarray) -> tuple[float, float]:
-    """Float64 MMD^2 and <s,s> between user and one stored spec (zero-weight padding allowed)."""
+def exact_mmd2(user: RKMESpec, own: float, z: np.ndarray, beta: np.ndarray) -> tuple[float, float]:
+    """Float64 MMD^2 and <s,s> between user (with own = <u,u>, computed once by the caller)
+    and one stored spec z (K, d), beta (K,) (zero-weight padding allowed)."""
     z = np.asarray(z, np.float64)
     beta = np.asarray(beta, np.float64)
     g = user.gamma
-    own = self_product(user)
     cross = user.beta @ np.exp(-g * _sqdist(user.z, z)) @ beta
     selfs = beta @ np.exp(-g * _sqdist(z, z)) @ beta
     return float(own - 2 * cross + selfs), float(selfs)
