@@ -75,6 +75,23 @@ def cross_inner_products(z, beta, zs, sq_norms, betas, gamma, block=128):
     return jax.lax.map(one_block, blocks).reshape(m)
 
 
+def gram_and_cross(user_z, user_beta, zs, betas, gamma):
+    """Products among a few specs and with a user's: G (M, M) = <S_m, S_n>, c (M,) = <S_m, u>.
+
+    zs (M, K, d), betas (M, K) (zero weights are padding), user (K_u, d), (K_u,).
+    All M*K points go through one kernel matrix (one matmul, one exp), folded to
+    (M, M) blocks by the weights; memory is (M K)^2 entries, so this is for the
+    handful of specs a mixture is made of. Computes in the dtype of the inputs.
+    """
+    m, k, d = zs.shape
+    points = zs.reshape(m * k, d)
+    weights = betas.reshape(m * k)
+    kernel = gaussian_kernel(points, points, gamma) * weights[:, None] * weights[None, :]
+    gram = kernel.reshape(m, k, m, k).sum(axis=(1, 3))
+    cross = (weights * (gaussian_kernel(points, user_z, gamma) @ user_beta)).reshape(m, k).sum(axis=1)
+    return gram, cross
+
+
 def solve_simplex_qp(q, c, max_iter=60, tol=1e-13):
     """Solve min_w 1/2 w^T q w - c^T w  s.t.  w >= 0, sum(w) = 1.
 

@@ -357,13 +357,7 @@ def mmd2_to_many(user: RKMESpec, stack: SpecStack) -> np.ndarray:
     return (own - 2.0 * cross + stack.self_products)[: stack.count]
 
 
-def _gram(zs, betas, gamma):
-    return jax.vmap(lambda z1, b1: jax.vmap(lambda z2, b2: kernels.inner_product(z1, b1, z2, b2, gamma))(zs, betas))(
-        zs, betas
-    )
-
-
-_gram_jit = jax.jit(_gram)
+_gram_and_cross = jax.jit(kernels.gram_and_cross)
 _qp = jax.jit(kernels.solve_simplex_qp)
 
 
@@ -374,8 +368,8 @@ def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarr
     c_m = <S_m, user>. Returns (w, objective, mixture MMD^2 = <u,u> + 2 objective).
     """
     stack = SpecStack.from_specs(list(specs), block=1)
-    gram = np.asarray(_gram_jit(stack.zs, stack.betas, stack.gamma))
-    cross = np.array([inner_product(s, user) for s in specs])
+    _check_compatible(user, specs[0])
+    gram, cross = (np.asarray(a) for a in _gram_and_cross(user.z, user.beta, stack.zs, stack.betas, stack.gamma))
     w = np.asarray(_qp(jnp.asarray(gram), jnp.asarray(cross)))
     objective = float(0.5 * w @ gram @ w - cross @ w)
     own = inner_product(user, user)

@@ -26,21 +26,6 @@ def similarity(mmd2, own, selfs):
     return np.clip(1.0 - np.asarray(mmd2) / (own + np.asarray(selfs)), 0.0, 1.0)
 
 
-def _pool_products(user_z, user_beta, zs, betas, gamma):
-    """Gram G (P, P) = <S_p, S_q>, cross c (P,) = <S_p, u> for a small pool, float64.
-
-    All P*K pool points go through one kernel matrix (one matmul and one exp),
-    then the weights fold it down to (P, P) blocks.
-    """
-    p, k, d = zs.shape
-    points = zs.reshape(p * k, d)
-    weights = betas.reshape(p * k)
-    kernel = kernels.gaussian_kernel(points, points, gamma) * weights[:, None] * weights[None, :]
-    gram = kernel.reshape(p, k, p, k).sum(axis=(1, 3))
-    cross = (weights * (kernels.gaussian_kernel(points, user_z, gamma) @ user_beta)).reshape(p, k).sum(axis=1)
-    return gram, cross
-
-
 def _masked_qp(q, c, active):
     """Simplex QP over the active variables only; inactive ones get weight exactly 0.
 
@@ -112,7 +97,7 @@ def _mixture_program(user_z, user_beta, zs, betas, gamma, n_valid, max_size, min
     the chosen mixture in float64.
     """
     f32 = jnp.float32
-    gram, cross = _pool_products(user_z.astype(f32), user_beta.astype(f32), zs.astype(f32), betas.astype(f32), gamma)
+    gram, cross = kernels.gram_and_cross(user_z.astype(f32), user_beta.astype(f32), zs.astype(f32), betas.astype(f32), gamma)
     own = kernels.inner_product(user_z, user_beta, user_z, user_beta, gamma)
     gram, cross = gram.astype(own.dtype), cross.astype(own.dtype)
     selected, weights, count, _ = greedy_mixture_arrays(gram, cross, own, n_valid, max_size, min_improvement)
