@@ -11,11 +11,11 @@ import typer
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
 from learnware_cli.cli.output import Output, key_values, table
 from learnware_cli.market.store import parse_learnware_ref
+from learnware_cli.search.semantic import values_of
 
 
 def _semantic_value(entry: dict, key: str) -> str:
-    values = entry.get("semantic", {}).get(key, {}).get("Values", "")
-    return ", ".join(values) if isinstance(values, list) else str(values)
+    return ", ".join(values_of(entry.get("semantic", {}), key))
 
 
 def summary(entry: dict) -> dict:

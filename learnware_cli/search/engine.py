@@ -18,7 +18,7 @@ from learnware_cli.errors import SpecError
 from learnware_cli.market.store import Market
 from learnware_cli.rkme.spec import RKMESpec
 from learnware_cli.search import cache
-from learnware_cli.search.semantic import semantic_search
+from learnware_cli.search.semantic import semantic_search, values_of
 
 
 
@@ -44,8 +44,7 @@ class SearchResult:
 
 
 def _describe(entry: dict, record: dict) -> dict:
-    semantic = entry.get("semantic", {})
-    task = semantic.get("Task", {}).get("Values", [])
+    task = values_of(entry.get("semantic", {}), "Task")
     return {
         "id": entry["id"],
         "version": record["version"],

@@ -50,7 +50,8 @@ def parse_tag_filters(pairs: Iterable[str], vocabulary: Optional[dict] = None) -
     return query
 
 
-def _values(semantic: dict, key: str) -> list[str]:
+def values_of(semantic: dict, key: str) -> list[str]:
+    """The values of a semantic key as a list (Class/Tag lists; a String as one item; [] if absent)."""
     values = semantic.get(key, {}).get("Values", [])
     if isinstance(values, str):
         return [values] if values else []
@@ -62,7 +63,7 @@ def tags_match(semantic: dict, query: dict[str, list[str]], vocabulary: Optional
     for key, wanted in query.items():
         if not wanted:
             continue
-        have = set(_values(semantic, key))
+        have = set(values_of(semantic, key))
         kind = (vocabulary or {}).get(key, {}).get("type") or semantic.get(key, {}).get("Type", "Class")
         if kind == "Tag":
             if not have & set(wanted):
