@@ -110,3 +110,13 @@ def test_every_command_has_an_example_in_help(lw):
     for name in group.commands:
         code, out, _ = lw(name, "--help")
         assert code == 0 and "Example: lw " + name in " ".join(out.split()), name
+
+
+def test_spec_measures_the_error_on_a_sample_of_big_data(tmp_path, lw_json):
+    from learnware_cli.cli.spec_cmd import ERROR_SAMPLE_ROWS
+
+    x = np.random.default_rng(1).normal(size=(ERROR_SAMPLE_ROWS + 2000, 3))
+    np.save(tmp_path / "big.npy", x)
+    code, doc = lw_json("spec", tmp_path / "big.npy", "--k", "20", "--out", tmp_path / "s.json")
+    assert code == 0 and doc["rows"] == len(x) and doc["error_rows"] == ERROR_SAMPLE_ROWS
+    assert 0 < doc["approximation_error"] < 0.05

@@ -173,12 +173,26 @@ def optimal_weights(z, x, x_weights, gamma):
     return solve_simplex_qp(q, c)
 
 
-def approximation_error(z, beta, x, x_weights, gamma):
-    """||sum_j beta_j k(z_j,.) - sum_i a_i k(x_i,.)||^2 (the RKME fit objective) -> scalar."""
+def blocked_self_product(x, x_weights, gamma, block):
+    """a^T k(x, x) a for x (n, d), computed ``block`` rows at a time -> scalar.
+
+    Memory stays at block * n kernel entries (the full n x n matrix would be
+    80 GB at n = 100 000). n must be a multiple of block.
+    """
+    n, d = x.shape
+    rows = (x.reshape(n // block, block, d), x_weights.reshape(n // block, block))
+    return jnp.sum(jax.lax.map(lambda xb_ab: xb_ab[1] @ gaussian_kernel(xb_ab[0], x, gamma) @ x_weights, rows))
+
+
+def approximation_error(z, beta, x, x_weights, gamma, block):
+    """||sum_j beta_j k(z_j,.) - sum_i a_i k(x_i,.)||^2 (the RKME fit objective) -> scalar.
+
+    The data's own term is summed ``block`` rows at a time (see blocked_self_product).
+    """
     return (
         inner_product(z, beta, z, beta, gamma)
         - 2.0 * inner_product(z, beta, x, x_weights, gamma)
-        + inner_product(x, x_weights, x, x_weights, gamma)
+        + blocked_self_product(x, x_weights, gamma, block)
     )
 
 

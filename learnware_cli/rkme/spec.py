@@ -146,7 +146,7 @@ def _pad_columns(d: int) -> int:
 _kmeans = jax.jit(kernels.kmeans, static_argnames=("k", "iterations"))
 _weights = jax.jit(kernels.optimal_weights)
 _refine = jax.jit(kernels.refine_points)
-_error = jax.jit(kernels.approximation_error)
+_error = jax.jit(kernels.approximation_error, static_argnames=("block",))
 
 
 def fit_rkme(
@@ -229,10 +229,17 @@ def _padded(x: np.ndarray):
 
 
 def approximation_error(spec: RKMESpec, x) -> float:
-    """||RKME - empirical KME(x)||^2, the quantity fit_rkme minimises."""
+    """||RKME - empirical KME(x)||^2, the quantity fit_rkme minimises.
+
+    Exact, with memory linear in n, but the data's own term costs n^2 kernel
+    evaluations: about a second at n = 10 000 on a 2-core CPU.
+    """
     x = clean_data(x)
-    n = x.shape[0]
-    return float(_error(jnp.asarray(spec.z), jnp.asarray(spec.beta), jnp.asarray(x), jnp.full(n, 1.0 / n), spec.gamma))
+    xj, wj = _padded(x)
+    z = np.zeros((spec.size, xj.shape[1]))
+    z[:, : spec.dim] = spec.z
+    block = math.gcd(int(xj.shape[0]), 512)
+    return float(_error(jnp.asarray(z), jnp.asarray(spec.beta), xj, wj, spec.gamma, block=block))
 
 
 def _check_compatible(a: RKMESpec, b: RKMESpec) -> None:
