@@ -216,6 +216,47 @@ def bench_submit() -> None:
         record("submit", "cold `lw submit` of 1 package", statistics.median(times), "whole process, checks included")
 
 
+def bench_sandbox() -> None:
+    """What the sandbox costs per model worker: its own setup, and a whole worker start with and without it."""
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    from learnware_cli.market.pack import pack_sklearn
+    from learnware_cli.market.package import extract_package
+    from learnware_cli.market.sandbox import unavailable_reason
+    from learnware_cli.market.semantic import build_semantic
+    from learnware_cli.market.worker import ModelWorker
+    from learnware_cli.rkme import fit_rkme
+
+    reason = unavailable_reason()
+    if reason:
+        record("sandbox", "unavailable on this machine", 0.0, reason)
+        return
+    repeats = 4 if ARGS.quick else 10
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        x = rng.normal(size=(200, 8))
+        joblib.dump(Ridge().fit(x, x @ rng.normal(size=8)), Path(tmp) / "m.joblib")
+        fit_rkme(x, k=20).save(Path(tmp) / "s.json")
+        semantic = build_semantic("bench", "", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", 8, 1)
+        package = extract_package(pack_sklearn(Path(tmp) / "m.joblib", Path(tmp) / "s.json", semantic, Path(tmp) / "p.zip"), Path(tmp) / "pkg")
+        setups = []
+
+        def start(mode: str) -> None:
+            with ModelWorker(package, timeout=60, sandbox=mode) as worker:
+                worker.predict(x[:4])
+                if mode == "required":
+                    setups.append(worker.info()["sandbox"]["setup_seconds"])
+
+        for mode in ("off", "required"):
+            start(mode)  # warm the file cache
+        plain = median_time(lambda: start("off"), repeats)
+        boxed = median_time(lambda: start("required"), repeats)
+        record("sandbox", "setup (namespaces, Landlock, seccomp)", statistics.median(setups), "inside the worker, per start")
+        record("sandbox", "worker start + predict, no sandbox", plain, "Ridge model, scikit-learn import included")
+        record("sandbox", "worker start + predict, sandboxed", boxed, f"{(boxed - plain) * 1000:+.0f} ms ({boxed / plain - 1:+.0%})")
+
+
 SECTIONS = {
     "fit": bench_fit,
     "quality": bench_fit_quality,
@@ -224,6 +265,7 @@ SECTIONS = {
     "herd": bench_herd,
     "search": bench_search,
     "submit": bench_submit,
+    "sandbox": bench_sandbox,
 }
 
 

@@ -172,34 +172,3 @@ def test_worker_timeout_kills_it(numpy_dir, corpus):
         os.kill(pid, 0)
     with pytest.raises(WorkerError, match="has stopped"):
         worker.predict(np.zeros((2, bp.DIM)))  # no silent restart after a failure
-
-
-def test_worker_close_kills_the_models_children(corpus):
-    body = (
-        "import os, subprocess\n"
-        "child = subprocess.Popen(['sleep', '300'])\n"
-        "open(os.path.join(os.path.dirname(__file__), 'child.pid'), 'w').write(str(child.pid))\n"
-        "return np.zeros(len(X), dtype=np.int64)"
-    )
-    files = bp.members(**{"__init__.py": bp.numpy_model(body=body)})
-    package_dir = extract_package(bp.write_zip(corpus / "spawner.zip", files), corpus / "spawner")
-    with ModelWorker(package_dir, timeout=20, copy_package=False) as worker:
-        worker.predict(np.zeros((1, bp.DIM)))
-        child = int((package_dir / "child.pid").read_text())
-    assert _gone(child)
-
-
-def _gone(pid: int, wait: float = 5.0) -> bool:
-    """True once pid no longer runs (absent, or a zombie waiting for init to reap it)."""
-    import time
-
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/status") as fh:
-                if "\nState:\tZ" in fh.read():
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False

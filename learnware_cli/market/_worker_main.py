@@ -8,8 +8,12 @@ submitted code does happens here, never in the market process:
 1. The protocol pipes are moved off fds 0/1; fd 0 becomes /dev/null and fds
    1/2 go to the log file the parent opened (capped, see _CappedText), so a
    model that prints megabytes neither floods nor blocks the protocol.
-2. Resource limits: RLIMIT_AS (memory), RLIMIT_FSIZE (files written),
-   RLIMIT_CORE 0; each skipped silently where the platform lacks it.
+2. The sandbox (sandbox.py): new namespaces, a keeper that kills everything
+   when lw goes away, then resource limits, Landlock, seccomp and no
+   capabilities for this process, before anything of the package is read.
+   If the machine cannot do that, the worker refuses to load the model
+   (``--sandbox required``, the default) or runs it under the resource
+   limits alone (``--sandbox optional``).
 3. Stand-in ``learnware`` modules (BaseModel etc.) go into sys.modules, then
    the package's ``__init__.py`` is imported as package ``lw_submitted_model``
    and ``class_name(**kwargs)`` from learnware.yaml is instantiated.
@@ -144,39 +148,6 @@ def _isolate_stdio(output_cap: int) -> tuple[int, int, _Counter]:
     sys.stdout = _CappedText(counter)
     sys.stderr = _CappedText(counter)
     return proto_in, proto_out, counter
-
-
-# --------------------------------------------------------------------------- limits
-
-
-def _apply_limits(memory_mb: int, file_cap: int) -> None:
-    """RLIMIT_AS / RLIMIT_FSIZE / RLIMIT_CORE, each skipped where unsupported."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return
-    try:
-        import signal
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over-size writes fail with EFBIG instead of killing
-    except (AttributeError, ValueError, OSError):
-        pass
-    wanted = [("RLIMIT_CORE", 0)]
-    if memory_mb > 0:
-        wanted.append(("RLIMIT_AS", memory_mb * 1024 * 1024))
-    if file_cap > 0:
-        wanted.append(("RLIMIT_FSIZE", file_cap))
-    for name, value in wanted:
-        which = getattr(resource, name, None)
-        if which is None:
-            continue
-        try:
-            soft, hard = resource.getrlimit(which)
-            if hard != resource.RLIM_INFINITY:
-                value = min(value, hard)
-            resource.setrlimit(which, (value, value))
-        except (ValueError, OSError):
-            pass
 
 
 # --------------------------------------------------------------------------- stand-in learnware package
@@ -344,6 +315,36 @@ def _serve(model, info: dict, proto_in: int, proto_out: int, counter: _Counter) 
         _write_all_blocking(proto_out, encode_frame(response, body))
 
 
+def _sandbox_policy(args):
+    from learnware_cli.market.sandbox import SandboxPolicy, python_read_paths
+
+    return SandboxPolicy(
+        read_paths=python_read_paths() + [os.path.abspath(args.package_dir)],
+        write_paths=[os.path.abspath(p) for p in args.write],
+        memory_mb=args.memory_mb,
+        file_bytes=args.file_cap,
+        max_tasks=args.max_tasks,
+        allow_processes=args.allow_processes,
+    )
+
+
+def _enter_sandbox(args, proto_in: int, proto_out: int) -> dict:
+    """Confine this process (see sandbox.py) -> what was applied; raises SandboxError when it cannot be."""
+    from learnware_cli.market import sandbox
+
+    reason = "pretending (--pretend-no-sandbox)" if args.pretend_no_sandbox else sandbox.unavailable_reason()
+    if reason:
+        raise sandbox.SandboxError(reason)
+    if args.lifeline < 0:
+        raise sandbox.SandboxError("no lifeline pipe from lw")
+    import time
+
+    started = time.perf_counter()
+    sandbox.enter(args.lifeline, close_in_helpers=(proto_in, proto_out))
+    applied = sandbox.confine(_sandbox_policy(args))
+    return dict(applied, active=True, setup_seconds=round(time.perf_counter() - started, 6))
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -352,9 +353,28 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-mb", type=int, default=0)
     parser.add_argument("--output-cap", type=int, default=1 << 20)
     parser.add_argument("--file-cap", type=int, default=0)
+    parser.add_argument("--sandbox", choices=("required", "optional", "off"), default="required")
+    parser.add_argument("--lifeline", type=int, default=-1)
+    parser.add_argument("--write", action="append", default=[])
+    parser.add_argument("--max-tasks", type=int, default=64)
+    parser.add_argument("--allow-processes", action="store_true")
+    parser.add_argument("--pretend-no-sandbox", action="store_true", help="tests: act as on a machine without a sandbox")
     args = parser.parse_args(argv)
     proto_in, proto_out, counter = _isolate_stdio(args.output_cap)
-    _apply_limits(args.memory_mb, args.file_cap)
+    from learnware_cli.market.sandbox import SandboxError, apply_limits
+
+    sandbox = {"active": False, "reason": "turned off"}
+    if args.sandbox != "off":
+        try:
+            sandbox = _enter_sandbox(args, proto_in, proto_out)
+        except SandboxError as exc:
+            if args.sandbox == "required":
+                header = {"ok": False, "op": "load", "kind": "sandbox", "error": str(exc)[:500], "output_bytes": counter.total}
+                _write_all_blocking(proto_out, encode_frame(header))
+                return 2
+            sandbox = {"active": False, "reason": str(exc)[:500]}
+    if not sandbox["active"]:
+        apply_limits(args.memory_mb, args.file_cap)
     try:
         import numpy  # noqa: F401  (under the limits, before the model)
 
@@ -364,6 +384,7 @@ def main(argv=None) -> int:
         header["output_bytes"] = counter.total
         _write_all_blocking(proto_out, encode_frame(header))
         return 1
+    info["sandbox"] = sandbox
     _write_all_blocking(proto_out, encode_frame({"ok": True, "op": "ready", "info": info, "output_bytes": counter.total}))
     _serve(model, info, proto_in, proto_out, counter)
     return 0

@@ -47,8 +47,27 @@ from learnware_cli.market._worker_main import MAX_HEADER_BYTES, _U32, _U64, enco
 MiB = 1024 * 1024
 WORKER_MODULE = "learnware_cli.market._worker_main"
 DEFAULT_FILE_CAP = 64 * MiB
+BUSY_SHARE = 0.25  # past the wall-time cap, a worker that waited this share of it for a CPU was starved
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 _PASS_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SYSTEMROOT", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "VIRTUAL_ENV")
+
+
+class SandboxUnavailableError(LwError):
+    """This machine cannot sandbox model code and the market requires it: nobody's package is at fault."""
+
+    exit_code = EXIT_MARKET
+    kind = "sandbox"
+
+
+class MarketBusyError(LwError):
+    """A model ran out of time because the machine starved it, not because of the model."""
+
+    exit_code = EXIT_MARKET
+    kind = "busy"
+
+
+SANDBOX_MODES = ("required", "optional", "off")
+_warned_unsandboxed = False
 
 
 class WorkerError(LwError):
@@ -94,9 +113,9 @@ def _worker_env(tmp: str, threads: int) -> dict:
     return env
 
 
-def _worker_command(package_dir: str, memory_mb: int, output_cap: int, file_cap: int) -> list:
+def _worker_command(package_dir: str, memory_mb: int, output_cap: int, file_cap: int, sandbox_args: list) -> list:
     """-P (3.11+) keeps the cwd, i.e. the package, off sys.path so it cannot shadow our modules."""
-    args = [package_dir, "--memory-mb", str(memory_mb), "--output-cap", str(output_cap), "--file-cap", str(file_cap)]
+    args = [package_dir, "--memory-mb", str(memory_mb), "--output-cap", str(output_cap), "--file-cap", str(file_cap), *sandbox_args]
     if sys.version_info >= (3, 11):
         return [sys.executable, "-P", "-s", "-B", "-m", WORKER_MODULE, *args]
     boot = (
@@ -134,6 +153,10 @@ class ModelWorker:
         file_cap_bytes: int = DEFAULT_FILE_CAP,
         threads: int = 1,
         copy_package: bool = True,
+        sandbox: str = "required",
+        allow_processes: bool = False,
+        max_tasks: int = 64,
+        busy_factor: float = 4.0,
     ):
         self.package_dir = Path(package_dir)
         self.timeout = float(timeout)
@@ -144,6 +167,16 @@ class ModelWorker:
         self.file_cap_bytes = max(int(file_cap_bytes), self.output_cap_bytes + MiB)
         self.threads = int(threads)
         self.copy_package = bool(copy_package)
+        if sandbox not in SANDBOX_MODES:
+            raise ValueError(f"sandbox must be one of {SANDBOX_MODES}, not {sandbox!r}")
+        self.sandbox = sandbox
+        self.allow_processes = bool(allow_processes)
+        self.max_tasks = int(max_tasks)
+        self.busy_factor = max(1.0, float(busy_factor))
+        self._lifeline: Optional[int] = None
+        self._call_started = 0.0
+        self._deadline = 0.0
+        self._delay_at_start = 0.0
         self._current_limit = self.timeout
         self._proc: Optional[subprocess.Popen] = None
         self._tmp: Optional[str] = None
@@ -182,10 +215,13 @@ class ModelWorker:
                 raise WorkerError("crash", f"cannot copy the package for the worker ({exc})") from None
         self._log_path = os.path.join(self._tmp, "output.log")
         log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # the lifeline: its write end lives only here (not inheritable), so the
+        # worker's keeper sees end-of-file the moment this process dies
+        lifeline_read, self._lifeline = os.pipe()
         started = time.monotonic()
         try:
             self._proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                _worker_command(work, self.memory_mb, self.output_cap_bytes, self.file_cap_bytes),
+                _worker_command(work, self.memory_mb, self.output_cap_bytes, self.file_cap_bytes, self._sandbox_args(lifeline_read)),
                 cwd=work,
                 env=_worker_env(self._tmp, self.threads),
                 stdin=subprocess.PIPE,
@@ -193,15 +229,18 @@ class ModelWorker:
                 stderr=log_fd,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=(lifeline_read,),
             )
         except OSError as exc:
             self.close()
             raise WorkerError("crash", f"cannot start the model worker ({exc})") from None
         finally:
             os.close(log_fd)
+            os.close(lifeline_read)
         os.set_blocking(self._proc.stdin.fileno(), False)
         try:
-            header, _ = self._receive("load", started + self.load_timeout, self.load_timeout)
+            self._begin_call(self.load_timeout)
+            header, _ = self._receive("load")
         except BaseException:
             self.close()
             raise
@@ -210,11 +249,31 @@ class ModelWorker:
             self.close()
             raise WorkerError("bad-output", "worker broke the protocol while loading the model")
         self._info = _clean_info(header.get("info"))
+        self._note_sandbox(self._info["sandbox"])
         return dict(self._info)
+
+    def _sandbox_args(self, lifeline_read: int) -> list:
+        args = ["--sandbox", self.sandbox, "--lifeline", str(lifeline_read), "--write", self._tmp, "--max-tasks", str(self.max_tasks)]
+        return args + (["--allow-processes"] if self.allow_processes else [])
+
+    def _note_sandbox(self, report: dict) -> None:
+        """Say once per process, on stderr, that models run without the sandbox (optional mode only)."""
+        global _warned_unsandboxed
+        if report.get("active") or self.sandbox == "off" or _warned_unsandboxed:
+            return
+        _warned_unsandboxed = True
+        print(
+            f"warning: model code runs WITHOUT the sandbox ({_one_line(str(report.get('reason', 'unknown')), 200)}); "
+            "only time, memory and output limits apply",
+            file=sys.stderr,
+        )
 
     def close(self) -> None:
         """Kill the worker's whole process group and remove its temp dir."""
         proc, self._proc = self._proc, None
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            os.close(lifeline)  # the keeper kills the worker's whole pid namespace
         if proc is not None:
             self._kill(proc)
             for stream in (proc.stdin, proc.stdout):
@@ -283,10 +342,9 @@ class ModelWorker:
         x = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
         buf = io.BytesIO()
         np.save(buf, x, allow_pickle=False)
-        self._current_limit = self.timeout
-        deadline = time.monotonic() + self.timeout
-        self._send(op, encode_frame({"op": op}, buf.getvalue()), deadline)
-        header, payload = self._receive(op, deadline, self.timeout)
+        self._begin_call(self.timeout)
+        self._send(op, encode_frame({"op": op}, buf.getvalue()))
+        header, payload = self._receive(op)
         return self._result_array(op, header, payload, x.shape[0])
 
     def _result_array(self, op: str, header: dict, payload: bytes, n_rows: int) -> np.ndarray:
@@ -301,13 +359,14 @@ class ModelWorker:
             raise WorkerError("bad-output", f"{op} returned shape {shape} for {n_rows} input rows (expected one output per row)")
         return y
 
-    def _send(self, op: str, data: bytes, deadline: float) -> None:
+    def _send(self, op: str, data: bytes) -> None:
         fd = self._proc.stdin.fileno()
         view = memoryview(data)
         while view:
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
-                self._fail_timeout(op)
+                self._extend_or_fail(op)
+                continue
             _, writable, _ = select.select([], [fd], [], remaining)
             if not writable:
                 continue
@@ -319,13 +378,14 @@ class ModelWorker:
                 self._fail_crash(op)
             view = view[n:]
 
-    def _read_exact(self, op: str, n: int, deadline: float) -> bytes:
+    def _read_exact(self, op: str, n: int) -> bytes:
         fd = self._proc.stdout.fileno()
         buf = bytearray()
         while len(buf) < n:
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
-                self._fail_timeout(op)
+                self._extend_or_fail(op)
+                continue
             readable, _, _ = select.select([fd], [], [], remaining)
             if not readable:
                 continue
@@ -335,21 +395,20 @@ class ModelWorker:
             buf += chunk
         return bytes(buf)
 
-    def _receive(self, op: str, deadline: float, limit: float) -> tuple[dict, bytes]:
-        self._current_limit = limit
-        (head_len,) = _U32.unpack(self._read_exact(op, 4, deadline))
+    def _receive(self, op: str) -> tuple[dict, bytes]:
+        (head_len,) = _U32.unpack(self._read_exact(op, 4))
         if head_len > MAX_HEADER_BYTES:
             self._fail_protocol(op, f"header of {head_len} bytes")
         try:
-            header = json.loads(self._read_exact(op, head_len, deadline))
+            header = json.loads(self._read_exact(op, head_len))
         except (ValueError, UnicodeDecodeError):
             self._fail_protocol(op, "header is not JSON")
         if not isinstance(header, dict):
             self._fail_protocol(op, "header is not an object")
-        (payload_len,) = _U64.unpack(self._read_exact(op, 8, deadline))
+        (payload_len,) = _U64.unpack(self._read_exact(op, 8))
         if payload_len > self.max_result_bytes:
             self._fail_protocol(op, f"answer of {payload_len} bytes is over the {self.max_result_bytes}-byte limit")
-        payload = self._read_exact(op, payload_len, deadline)
+        payload = self._read_exact(op, payload_len)
         reported = header.get("output_bytes")
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
             self._reported_output = max(self._reported_output, reported)
@@ -357,12 +416,57 @@ class ModelWorker:
             self._raise_model_error(op, header)
         return header, payload
 
+    # ----------------------------------------------------------------- time limits
+
+    def _begin_call(self, limit: float) -> None:
+        """Start the clock of one call (load or predict): `limit` seconds of the model's own time."""
+        self._current_limit = limit
+        self._call_started = time.monotonic()
+        self._deadline = self._call_started + limit
+        self._delay_at_start = self._waiting_seconds()
+
+    def _waiting_seconds(self) -> float:
+        """Seconds the worker's processes spent ready to run but waiting for a CPU (all their threads)."""
+        if self._proc is None:
+            return 0.0
+        return machine_wait_seconds(self._proc.pid)
+
+    def _extend_or_fail(self, op: str) -> None:
+        """The wall-clock deadline passed: extend it by the time the machine withheld, or fail.
+
+        A limit means the model's time, not the machine's: time the worker
+        spent waiting in the run queue (a busy machine) is added back, up to
+        busy_factor x the limit of wall time. Past that, if the machine took
+        a large share of the time, it is the market that was too busy
+        (MarketBusyError, exit 5), not the package that was too slow.
+        """
+        waited = max(0.0, self._waiting_seconds() - self._delay_at_start)
+        elapsed = time.monotonic() - self._call_started
+        cap = self._call_started + self._current_limit * self.busy_factor
+        extended = min(cap, self._call_started + self._current_limit + waited)
+        if extended > time.monotonic() + 0.01:
+            self._deadline = extended
+            return
+        if waited > BUSY_SHARE * elapsed:
+            self.close()
+            raise MarketBusyError(
+                f"the market's machine was too busy: the model waited {waited:.0f} s for a CPU in {elapsed:.0f} s "
+                f"(limit {self._current_limit:g} s of its own time); try again when the machine is less loaded"
+            )
+        self._fail_timeout(op)
+
     # ----------------------------------------------------------------- failures
 
     def _raise_model_error(self, op: str, header: dict) -> None:
         kind = header.get("kind")
         error = _one_line(str(header.get("error", "unknown error")))
         details = str(header.get("traceback", ""))[-4000:]
+        if op == "load" and kind == "sandbox":
+            self.close()
+            raise SandboxUnavailableError(
+                f"this machine cannot sandbox model code ({error}); the market requires the sandbox "
+                '(to run models under resource limits only, set "sandbox": "optional" in the limits of market.json)'
+            )
         if op == "load":
             tail = self.output_tail_safe()
             self.close()
@@ -400,6 +504,45 @@ class ModelWorker:
         raise WorkerError("bad-output", f"worker broke the protocol during {op}: {what}")
 
 
+def _tree_pids(root: int, limit: int = 4096) -> list:
+    """root and its descendants, from /proc/PID/task/TID/children (Linux); [root] elsewhere."""
+    found, queue = [], [root]
+    while queue and len(found) < limit:
+        pid = queue.pop()
+        found.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    queue.extend(int(c) for c in fh.read().split())
+            except (OSError, ValueError):
+                pass
+    return found
+
+
+def machine_wait_seconds(root: int) -> float:
+    """Run-queue wait of every thread of root's process tree (/proc/*/task/*/schedstat, field 2), in seconds.
+
+    0 where the kernel does not report it: the limits are then plain wall time.
+    """
+    total = 0
+    for pid in _tree_pids(root):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    total += int(fh.read().split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total / 1e9
+
+
 def _describe_exit(code: Optional[int]) -> str:
     if code is None:
         return "no exit status"
@@ -433,7 +576,22 @@ def _clean_info(info) -> dict:
         "has_predict_proba": bool(info.get("has_predict_proba", False)),
         "declared_input_shape": str(info.get("declared_input_shape", ""))[:200],
         "declared_output_shape": str(info.get("declared_output_shape", ""))[:200],
+        "sandbox": _clean_sandbox(info.get("sandbox")),
     }
+
+
+def _clean_sandbox(report) -> dict:
+    """The worker's account of its sandbox, reduced to plain values (it is only informative)."""
+    if not isinstance(report, dict):
+        return {"active": False, "reason": "not reported"}
+    clean = {"active": report.get("active") is True}
+    for key in ("landlock_abi", "seccomp", "processes", "reason", "setup_seconds"):
+        value = report.get(key)
+        if isinstance(value, (bool, int, float, str)):
+            clean[key] = value if not isinstance(value, str) else value[:300]
+    if isinstance(report.get("namespaces"), list):
+        clean["namespaces"] = [str(n)[:20] for n in report["namespaces"][:8]]
+    return clean
 
 
 def run_model(package_dir, x, timeout: float = 60.0, memory_mb: int = 4096, method: str = "predict") -> np.ndarray:
