@@ -426,3 +426,70 @@ def good_numpy_zip(tmp: Path) -> Path:
     """The numpy-model package every bad case is a variation of (it passes every check)."""
     tmp.mkdir(parents=True, exist_ok=True)
     return write_zip(tmp / "good-numpy.zip", members())
+
+
+# --------------------------------------------------------------------------- hostile sizes and numbers
+# (appended for tests/test_hostile_inputs.py; each is rejected before any model runs)
+
+HUGE_INT = "1" + "0" * 5000  # over Python's 4300-digit int conversion limit
+
+
+def _with_raw(text: str, value: str) -> str:
+    """JSON text with the placeholder string "@@" replaced by a raw token (json.dumps cannot write 1e400)."""
+    return text.replace('"@@"', value)
+
+
+def spec_with_raw(key: str, value: str) -> str:
+    """The good RKME json with one top-level field set to a raw token."""
+    return _with_raw(spec_json(**{key: "@@"}), value)
+
+
+def spec_with_z(value: str) -> str:
+    """The good RKME json with z[0][0] set to a raw token."""
+    obj = json.loads(spec_json())
+    obj["z"][0][0] = "@@"
+    return _with_raw(json.dumps(obj), value)
+
+
+def semantic_with_dimension(block: str, value: str) -> str:
+    obj = semantic()
+    obj[block]["Dimension"] = "@@"
+    return _with_raw(json.dumps(obj), value)
+
+
+def wide_members(input_dim: int = DIM, output_dim: int = N_CLASSES, k: int = 2) -> dict:
+    """A self-consistent package of any width (model, spec and semantic spec agree): what a wide but
+    honest-looking package looks like. Its spec is k zero points, so it stays small in the zip."""
+    z = "[" + ", ".join(["0.0"] * input_dim) + "]"
+    spec = {"type": "RKMETableSpecification", "gamma": GAMMA, "num_points": 100, "cuda_idx": -1, "device": "cpu", "z": "@@", "beta": [1.0 / k] * k}
+    sem = build_semantic(
+        name="wide", description="wide", data="Table", task="Classification", library="Others",
+        scenarios=["Business"], license="MIT", input_dim=input_dim, output_dim=output_dim,
+    )
+    code = NUMPY_MODEL.format(dim=input_dim, output_shape="(1,)", body=" " * 8 + "return np.zeros(len(X), dtype=np.int64)")
+    return members(**{
+        "__init__.py": code,
+        "rkme.json": _with_raw(json.dumps(spec), "[" + ", ".join([z] * k) + "]"),
+        "semantic_specification.json": json.dumps(sem),
+    })
+
+
+def _wide(name: str, **sizes) -> Callable[[Path], Path]:
+    return lambda tmp: write_zip(tmp / f"{name}.zip", wide_members(**sizes))
+
+
+HOSTILE_CASES = [
+    BadCase("spec-5000-digit-integer", "spec", "cannot be read", _zip("spec-bigint", **{"rkme.json": spec_with_raw("num_points", HUGE_INT)})),
+    BadCase("spec-1e400-num-points", "spec", "num_points", _zip("spec-inf-count", **{"rkme.json": spec_with_raw("num_points", "1e400")})),
+    BadCase("spec-400-digit-z", "spec", "too large", _zip("spec-long-z", **{"rkme.json": spec_with_z("1" + "0" * 400)})),
+    BadCase("spec-z-1e39", "spec", "magnitude", _zip("spec-huge-z", **{"rkme.json": spec_with_z("1e39")})),
+    BadCase("semantic-5000-digit-dimension", "semantic", "cannot be read", _zip("sem-bigint", **{"semantic_specification.json": semantic_with_dimension("Input", HUGE_INT)})),
+    BadCase("semantic-5000-digit-string-dimension", "semantic", "positive integer", _zip("sem-bigstr", **{"semantic_specification.json": semantic_with_dimension("Input", json.dumps(HUGE_INT))})),
+    BadCase("semantic-superscript-dimension", "semantic", "positive integer", _zip("sem-sup", **{"semantic_specification.json": semantic_with_dimension("Output", '"\\u00b2"')})),
+    BadCase("semantic-1e400-dimension", "semantic", "positive integer", _zip("sem-inf", **{"semantic_specification.json": semantic_with_dimension("Output", "1e400")})),
+    BadCase("yaml-5000-digit-kwarg", "manifest", "cannot be read", _zip("yaml-bigint", **{"learnware.yaml": LEARNWARE_YAML.replace("kwargs: {}", f"kwargs: {{seed: {HUGE_INT}}}", 1)})),
+    BadCase("yaml-impossible-date", "manifest", "cannot be read", _zip("yaml-date", **{"learnware.yaml": LEARNWARE_YAML.replace("kwargs: {}", "kwargs: {since: 2001-13-45}", 1)})),
+    BadCase("input-dimension-100000", "semantic", "max_input_dim", _wide("wide-input", input_dim=100_000)),
+    BadCase("output-dimension-100000", "semantic", "max_output_dim", _wide("wide-output", output_dim=100_000)),
+]
+BAD_CASES += HOSTILE_CASES

@@ -17,8 +17,8 @@ import typer  # noqa: E402
 
 from learnware_cli import __version__  # noqa: E402
 from learnware_cli.cli import init_cmd, market_cmds, reuse_cmd, search_cmd, spec_cmd, submit_cmds
-from learnware_cli.cli.output import print_json, stderr
-from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, RejectedError
+from learnware_cli.cli.output import print_json, safe, stderr
+from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, MarketError, RejectedError
 
 app = typer.Typer(
     name="lw",
@@ -63,7 +63,8 @@ def _report_error(exc: LwError, json_mode: bool) -> None:
         if isinstance(exc, RejectedError):
             payload.update(check=exc.check, reason=exc.reason)
         print_json(payload)
-    stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+    # messages quote paths, ids and model errors: untrusted text, kept from driving the terminal or rich markup
+    stderr.print(f"[bold red]error:[/] {safe(exc.message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file the library did not expect to fail (read-only market, full disk): one line, exit 5
+        from learnware_cli.market.store import os_error_text
+
+        error = MarketError(os_error_text(exc))
+        _report_error(error, json_mode)
+        return error.exit_code
     except Exception:  # a bug: keep the traceback for the report
         import traceback
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
-from learnware_cli.cli.output import Output, key_values, table
+from learnware_cli.cli.output import Output, key_values, safe, table
 from learnware_cli.market.store import parse_learnware_ref
 from learnware_cli.search.semantic import values_of
 
@@ -68,8 +68,11 @@ def show(
 ) -> None:
     """Show one learnware: semantic specification, RKME summary, versions and check report.
 
+    Its package.zip is verified against the recorded sha256 first (a mismatch is an error).
+
     Example: lw show 00000001 --market ./market
     """
+    from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
     from learnware_cli.rkme.spec import RKMESpec
 
     opened = open_market(market)
@@ -77,7 +80,8 @@ def show(
     entry = opened.entry(learnware_id)
     learnware_id = entry["id"]
     record = opened.version_record(entry, version)
-    folder = opened.path(record["path"])
+    folder = version_folder(opened, learnware_id, record)
+    verify_package(folder / PACKAGE_FILE, learnware_id, record)  # vouch only for the bytes that passed the checks
     semantic = json.loads((folder / "semantic.json").read_text())
     report_path = folder / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
@@ -85,14 +89,14 @@ def show(
         raw = json.load(fh)
     spec = RKMESpec.from_json_dict(raw, source=str(folder / "rkme.json"))
     spec_summary = {"type": "RKMETableSpecification", "K": spec.size, "dim": spec.dim, "gamma": spec.gamma, "num_points": spec.num_points}
-    data = {"ok": True, "id": learnware_id, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report}
+    data = {"ok": True, "id": learnware_id, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report, "package_verified": True}
 
     def human(console):
-        console.print(f"[bold]{entry.get('name', '')}[/] ({learnware_id} v{record['version']})")
+        console.print(f"[bold]{safe(entry.get('name', ''))}[/] ({safe(learnware_id)} v{record['version']})")
         pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
         pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
         pairs += [("RKME", f"K={spec.size}, d={spec.dim}, gamma={spec.gamma:g}, fitted on {spec.num_points} rows")]
-        pairs += [("checksum", record["checksum"][:16] + "…")]
+        pairs += [("checksum", record["checksum"][:16] + "… (package.zip verified)")]
         console.print(key_values(pairs))
         console.print(table("versions", ["version", "submitted", "checksum", "notes"], [[r["version"], r["submitted"], r["checksum"][:12], r.get("notes", "")] for r in entry["versions"]]))
         checks = report.get("passed", [])

@@ -2,6 +2,12 @@
 
 Results go to stdout; progress and human diagnostics go to stderr, so
 ``lw ... --json | jq`` always sees a single JSON document.
+
+Text that comes from a market (names, descriptions, notes, check reports,
+ids) or from a model (error messages) is untrusted: in human output it goes
+through ``safe`` so it cannot drive the user's terminal or rich's markup.
+``table`` and ``key_values`` apply it to every cell; anything printed directly
+must apply it itself. JSON output stays exact (json escapes control characters).
 """
 
 from __future__ import annotations
@@ -9,15 +15,43 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import sys
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# emoji=False: a name holding ":warning:" is shown as typed, not as an emoji
+stdout = Console(soft_wrap=True, emoji=False)
+stderr = Console(stderr=True, soft_wrap=True, emoji=False)
+
+# C0 controls (ESC starts every terminal escape), DEL, C1 controls (0x9b is a one-byte CSI),
+# and the bidi controls that make text read other than it is stored (U+061C, U+200E/F,
+# embeddings and overrides U+202A-202E, isolates U+2066-2069), plus line/paragraph separators
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SPACE_CHARS = "\t\n\r\x0b\x0c"
+
+
+def _shown(match: re.Match) -> str:
+    """An unsafe character as a space (layout ones) or as its visible escape (\\x1b, \\u202e)."""
+    char = match.group()
+    if char in _SPACE_CHARS:
+        return " "
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def safe(value: Any) -> str:
+    """Untrusted text made inert for a terminal: control and bidi characters shown as escapes, markup escaped.
+
+    The one sanitiser for market- and model-supplied strings in human output:
+    without it a learnware's name could retitle the terminal, clear it, spoof
+    a file name with a right-to-left override, or inject rich markup (links).
+    """
+    text = "" if value is None else str(value)
+    return escape(_UNSAFE_CHARS.sub(_shown, text))
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,20 +121,22 @@ class Output:
 
 
 def table(title: Optional[str], columns: list[str], rows: list[list[Any]]) -> Table:
-    out = Table(title=title, show_lines=False, header_style="bold")
+    """A table whose title and cells are plain text (each goes through ``safe``)."""
+    out = Table(title=None if title is None else safe(title), show_lines=False, header_style="bold")
     for name in columns:
-        out.add_column(name, overflow="fold")
+        out.add_column(safe(name), overflow="fold")
     for row in rows:
-        out.add_row(*["" if v is None else str(v) for v in row])
+        out.add_row(*[safe(v) for v in row])
     return out
 
 
 def key_values(pairs: list[tuple[str, Any]]) -> Table:
+    """Two columns, key and value, both plain text (each goes through ``safe``)."""
     out = Table(show_header=False, box=None, pad_edge=False)
     out.add_column(style="bold")
     out.add_column(overflow="fold")
     for key, value in pairs:
-        out.add_row(key, "" if value is None else str(value))
+        out.add_row(safe(key), safe(value))
     return out
 
 

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
-from learnware_cli.cli.output import Output, fmt_float, table
+from learnware_cli.cli.output import Output, fmt_float, safe, table
 
 METHOD_NAMES = "single, average, job-selector, ensemble-pruning, feature-augment, user-ensemble"
 
@@ -34,8 +34,10 @@ def reuse(
 ) -> None:
     """Reuse learnwares on your rows: each model runs in a sandboxed worker, never in this process.
 
-    Learnwares whose model fails to start or to predict are reported and left
-    out; the command fails only when none is left.
+    Learnwares whose stored package no longer matches its recorded sha256, or
+    whose model fails to start, fails to predict or answers outside its
+    contract (wrong width, NaN, unknown class) are reported and left out; the
+    command fails only when none is left.
 
     Example: lw reuse --market ./market --from found.json --data my_rows.csv --out pred.csv
     """
@@ -144,14 +146,12 @@ def _user_spec(output: Output, market, rows):
 
 def _start_models(stack, output: Output, market, refs: list, timeout: Optional[float], input_dim: int):
     """Open the learnwares inside stack (their workers stop when it closes), with a spinner meanwhile."""
-    from rich.markup import escape
-
     from learnware_cli.reuse.market_models import open_learnwares
 
     with output.progress(f"starting {len(refs)} model worker(s)"):
         loaded = stack.enter_context(open_learnwares(market, refs, timeout=timeout, input_dim=input_dim))
     for failure in loaded.failures:
-        output.note(f"[yellow]left out[/] {escape(failure['id'])}@{failure['version']}: {escape(failure['reason'])}")
+        output.note(f"[yellow]left out[/] {safe(failure['id'])}@{safe(failure['version'])}: {safe(failure['reason'])}")
     return loaded
 
 
@@ -186,8 +186,8 @@ def render(console, result: dict) -> None:
     rows = [[d["id"], d["version"], d["name"], f"{d['weight']:.3f}", "yes" if d["used"] else "no"] for d in result["learnwares"]]
     console.print(table(f"reused with {result['method']}", ["id", "version", "name", "weight", "used"], rows))
     for failure in result["failures"]:
-        where = f"@{failure['version']}" if failure.get("version") is not None else ""
-        console.print(f"left out {failure['id']}{where}: {failure['reason']}", highlight=False, markup=False)
+        where = f"@{safe(failure['version'])}" if failure.get("version") is not None else ""
+        console.print(f"left out {safe(failure['id'])}{where}: {safe(failure['reason'])}", highlight=False)
     if result["out"]:
         console.print(f"Predictions for {result['rows']} rows written to {result['out']}", highlight=False)
     if result["metric"]:

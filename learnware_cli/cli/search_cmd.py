@@ -73,22 +73,38 @@ def render(console, result) -> None:
 
 def reindex(
     market: Optional[Path] = MARKET_OPTION,
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild index.json from the learnwares/ID/vN folders even if it reads fine."),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Rebuild the search cache from the index and delete unreferenced leftovers.
+    """Repair a market: rebuild a missing or damaged index from its folders, delete killed writers' leftovers, rebuild the search cache.
 
-    Example: lw reindex --market ./market
+    Example: lw reindex --market ./market --rebuild
     """
+    from learnware_cli.cli.output import safe
     from learnware_cli.search.cache import rebuild_all
 
     output = Output(json_output)
     opened = open_market(market)
+    rebuilt = opened.repair_index(force=rebuild)
     swept = opened.sweep()
     with output.progress("reading specifications", total=None) as update:
         counts = rebuild_all(opened, progress=lambda done, total: update(done, total))
+    lines = []
+    if rebuilt is not None:
+        lines.append(f"Rebuilt index.json from the version folders ({rebuilt.reason}): {rebuilt.learnwares} learnware(s), {rebuilt.versions} version(s)")
+        lines += [f"  reconstructed {note}" for note in rebuilt.reconstructed] + [f"  skipped {note}" for note in rebuilt.skipped]
+        lines += [f"  the old index is kept as {rebuilt.backup}"] if rebuilt.backup else []
+    lines.append(f"Rebuilt search cache: {sum(counts.values())} spec(s) in {len(counts)} dimension group(s); removed {len(swept.removed)} leftover(s)")
+    lines += [f"  kept {note}" for note in swept.kept]
     output.emit(
-        {"ok": True, "stacks": {str(d): c for d, c in counts.items()}, "removed": swept},
-        lambda c: c.print(f"Rebuilt search cache: {sum(counts.values())} spec(s) in {len(counts)} dimension group(s); removed {len(swept)} leftover(s)"),
+        {
+            "ok": True,
+            "rebuilt": rebuilt.to_dict() if rebuilt is not None else None,
+            "stacks": {str(d): c for d, c in counts.items()},
+            "removed": swept.removed,
+            "kept": swept.kept,
+        },
+        lambda c: c.print("\n".join(safe(line) for line in lines), highlight=False),  # folder names are untrusted
     )
 
 

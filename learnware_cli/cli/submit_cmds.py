@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,13 +15,16 @@ from learnware_cli.errors import EXIT_REJECTED
 
 def _read_semantic(path: Path) -> dict:
     from learnware_cli.errors import InputError
+    from learnware_cli.market.package import JSONProblem, parse_json
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except JSONProblem as exc:
+        raise InputError(str(exc)) from None
 
 
 def _semantic_from_flags(build, **fields) -> dict:
@@ -120,6 +122,7 @@ def submit(
     market: Optional[Path] = MARKET_OPTION,
     semantic: Optional[Path] = typer.Option(None, "--semantic", help="Semantic specification JSON (wins over the zip's own)."),
     update: Optional[str] = typer.Option(None, "--update", help="Submit as a new version of this learnware id."),
+    allow_breaking: bool = typer.Option(False, "--allow-breaking", help="With --update: accept a version whose Data, Task or input/output dimension differs (recorded as breaking)."),
     price: Optional[float] = typer.Option(None, "--price", help="Optional price recorded with the version."),
     notes: Optional[str] = typer.Option(None, "--notes", help="Optional release notes recorded with the version."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the model may take to load and predict (default: the market's)."),
@@ -139,6 +142,7 @@ def submit(
     with output.progress("checking packages", total=len(packages)) as update_bar:
         outcomes = submit_packages(
             opened, packages, override, update_id=update, price=price, notes=notes, timeout=timeout, jobs=jobs,
+            allow_breaking=allow_breaking,
             progress=lambda done, total, what: update_bar(done, total, f"checking {what}"),
         )
     rejected = [o for o in outcomes if not o.accepted]

@@ -6,9 +6,13 @@ Checks run in this order; the first failure raises
 ==================  =============================================================
 archive             zip structure, entry names and types, sizes (package.py)
 manifest            learnware.yaml, __init__.py, the RKME file present
-semantic            semantic specification valid (override, else the zip's)
-spec                RKME parses, finite, beta >= 0 and sums to 1, dimension ==
-                    Input.Dimension, gamma == the market's, size <= k
+semantic            semantic specification valid (override, else the zip's);
+                    Input/Output.Dimension within CheckLimits
+update              (only for a new version) Data, Task, Input/Output.Dimension
+                    as in the learnware it updates, unless allow_breaking
+spec                RKME parses, finite, |z| <= MAX_ABS_Z, beta >= 0 and sums
+                    to 1, dimension == Input.Dimension, gamma == the market's,
+                    size <= k; the probe rows fit CheckLimits.max_probe_bytes
 model-load          the model loads in a sandboxed worker (time/memory limits)
 model-interface     declared input_shape / output_shape fit the semantic spec
 model-predict       predict answers on rows herded from the spec, in time,
@@ -18,7 +22,9 @@ model-output        one finite output per row, of the declared shape; labels
 ==================  =============================================================
 
 Only our own code (parsers, RKME maths, herding) runs in this process; the
-model runs in a ModelWorker.
+model runs in a ModelWorker. A package is small but may claim any size, so
+every size this process allocates from (dimensions, K, probe rows and the
+probe arrays' bytes) is checked against a limit before anything is allocated.
 """
 
 from __future__ import annotations
@@ -51,6 +57,46 @@ CHECK_NAMES = (
 BETA_SUM_TOL = 1e-6
 BETA_NEG_TOL = 1e-8  # the reference QP returns weights like -1e-10
 GAMMA_REL_TOL = 1e-9
+# The search stacks specs in float32 (max 3.4e38) and forms squared norms and
+# distances over d coordinates: with |z| <= 1e12 and d <= 10^6 (the absolute
+# dimension cap) they stay below d * (2e12)^2 = 4e30, eight orders of magnitude
+# from overflow, whereas |z| = 1e39 is already inf in float32 and scores NaN.
+# Real features, even unscaled counts or amounts, sit far below 1e12.
+MAX_ABS_Z = 1e12
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CheckLimits:
+    """Caps on the sizes the checker allocates from in the market process, checked before allocating.
+
+    A 400 KB package may claim Input.Dimension 100 000, and herding probe
+    rows of that width asked for ~25 GB here before any worker ran. Defaults
+    fit real tabular data:
+
+    * max_input_dim 10 000: wider than nearly all tabular data sets (the
+      widest common ones, gene-expression panels and one-hot encodings, have
+      a few thousand columns); probing that width with the default 64 rows
+      fits max_probe_bytes (about 1 000 herding candidates).
+    * max_output_dim 1 000: classes or regression targets; tabular tasks
+      with more classes are rare, and reuse holds rows x classes arrays.
+    * max_probe_bytes 256 MiB: the herding arrays (about two copies of the
+      candidates x dimension matrix plus a candidates x K kernel matrix, as
+      measured); wide specs get fewer candidates instead of more memory, and
+      a spec that cannot be probed with check_rows rows within it is rejected.
+
+    K is capped by the market's kernel K (check_package's k) and the probe
+    rows by its check_rows (n_rows).
+    """
+
+    max_input_dim: int = 10_000
+    max_output_dim: int = 1_000
+    max_probe_bytes: int = 256 * MiB
+
+
+HERD_CANDIDATES_PER_ROW = 100  # herd()'s default candidate pool: 100 per row,
+HERD_MAX_CANDIDATES = 50_000  # at most 50 000
+_PROBE_BYTES_PER_VALUE = 8  # float64
 
 
 @dataclass
@@ -71,6 +117,7 @@ class CheckReport:
     semantic: dict = field(default_factory=dict)
     package: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    update: dict = field(default_factory=dict)  # for a new version: the breaking changes accepted
     rkme: object = field(default=None, repr=False)  # the parsed RKMESpec, for the caller to store
 
     @property
@@ -86,6 +133,7 @@ class CheckReport:
             "semantic": self.semantic,
             "package": dict(self.package),
             "warnings": list(self.warnings),
+            "update": dict(self.update),
         }
 
 
@@ -118,6 +166,47 @@ def choose_semantic(zip_path, scan, limits, semantic_override: Optional[dict]) -
     return semantic
 
 
+def _dimension(semantic: dict, block: str) -> Optional[int]:
+    return (semantic.get(block) or {}).get("Dimension")
+
+
+def check_dimensions(semantic: dict, limits: CheckLimits) -> None:
+    """Input/Output.Dimension within the market's limits, before anything of that width exists."""
+    for block, limit, name in (("Input", limits.max_input_dim, "max_input_dim"), ("Output", limits.max_output_dim, "max_output_dim")):
+        dim = _dimension(semantic, block)
+        if dim is not None and dim > limit:
+            _reject("semantic", f"{block}.Dimension {dim} is over the market's limit {name} = {limit}")
+
+
+# --------------------------------------------------------------------------- update
+
+
+UPDATE_KEYS = ("Data", "Task", "Input.Dimension", "Output.Dimension")
+
+
+def _update_value(semantic: dict, key: str):
+    block, _, part = key.partition(".")
+    return _dimension(semantic, block) if part else semantic_value(semantic, block)
+
+
+def breaking_changes(old: dict, new: dict) -> list:
+    """What a new version changes that users of the learnware rely on: data type, task, widths."""
+    changes = []
+    for key in UPDATE_KEYS:
+        before, after = _update_value(old, key), _update_value(new, key)
+        if before != after:
+            changes.append(f"{key} from {before} to {after}")
+    return changes
+
+
+def check_update(old: dict, new: dict, allow_breaking: bool) -> dict:
+    """A new version must fit where the old one is used, unless the submitter says it breaks."""
+    changes = breaking_changes(old, new)
+    if changes and not allow_breaking:
+        _reject("update", f"the new version changes {', '.join(changes)}, which breaks its users (submit with --allow-breaking to accept it)")
+    return {"breaking_changes": changes}
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -126,6 +215,9 @@ def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> d
     z, beta = np.asarray(spec.z), np.asarray(spec.beta)
     if not (np.all(np.isfinite(z)) and np.all(np.isfinite(beta))):
         _reject("spec", "z and beta must be finite (found NaN or Inf)")
+    biggest = float(np.max(np.abs(z)))
+    if biggest > MAX_ABS_Z:
+        _reject("spec", f"z has a value of magnitude {biggest:.3g}, over {MAX_ABS_Z:g} (it would overflow the search's float32 arithmetic)")
     if beta.min() < -BETA_NEG_TOL:
         _reject("spec", f"beta has a negative weight {beta.min():.3g} (weights must be >= 0)")
     total = float(beta.sum())
@@ -139,6 +231,22 @@ def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> d
     if k is not None and spec.size > k:
         _reject("spec", f"spec has {spec.size} reduced-set points, the market allows at most {k}")
     return {"dim": spec.dim, "k": spec.size, "gamma": spec.gamma, "num_points": spec.num_points, "beta_sum": total}
+
+
+def probe_candidates(spec, n_rows: int, limits: CheckLimits) -> int:
+    """Herding candidates for n_rows probe rows, as many as herd() would draw but within max_probe_bytes.
+
+    Herding holds the candidates (n, d) about twice plus an (n, K) kernel
+    matrix (measured); counted three and two times for margin. Wide specs get
+    fewer candidates; one that cannot get n_rows of them is rejected.
+    """
+    d, k = spec.dim, spec.size
+    per_candidate = _PROBE_BYTES_PER_VALUE * (3 * d + 2 * k)
+    budget = limits.max_probe_bytes - _PROBE_BYTES_PER_VALUE * n_rows * d  # the rows themselves
+    fit = max(budget, 0) // per_candidate
+    if fit < n_rows:
+        _reject("spec", f"probing the model with {n_rows} rows of dimension {d} (K={k}) needs more than the market's limit max_probe_bytes = {limits.max_probe_bytes}")
+    return int(min(fit, HERD_CANDIDATES_PER_ROW * n_rows, HERD_MAX_CANDIDATES))
 
 
 # --------------------------------------------------------------------------- model
@@ -209,7 +317,7 @@ def _check_flood(worker: ModelWorker, check: str, cap: int) -> None:
         _reject(check, f"model wrote {worker.output_bytes} bytes to stdout/stderr, the limit is {cap}")
 
 
-def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, output_cap) -> None:
+def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap) -> None:
     from learnware_cli.rkme import herd
 
     worker = ModelWorker(
@@ -231,7 +339,7 @@ def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout
         report.model["load_seconds"] = round(worker.load_seconds, 4)
         with _timed(report, "model-interface"):
             check_interface(info, semantic)
-        x = herd(spec, n_rows)
+        x = herd(spec, n_rows, n_candidates=n_candidates)
         with _timed(report, "model-predict"):
             try:
                 y = worker.predict(x)
@@ -267,17 +375,24 @@ def check_package(
     n_rows: int = 64,
     load_timeout: Optional[float] = None,
     output_cap_bytes: int = 1024 * 1024,
+    check_limits: Optional[CheckLimits] = None,
+    update_of: Optional[dict] = None,
+    allow_breaking: bool = False,
 ) -> CheckReport:
     """Run every check on a submitted zip; RejectedError(check, reason) at the first failure.
 
     gamma: the market's kernel width (the spec must use it). k: the most
-    reduced-set points a spec may have (None: no limit). timeout: seconds
-    per model call; load_timeout: for loading (default timeout).
-    semantic_override: a semantic spec that replaces the zip's. n_rows: rows
-    herded from the spec to exercise predict. output_cap_bytes: how much the
-    model may print before it is rejected.
+    reduced-set points a spec may have (None: no limit but max_probe_bytes).
+    timeout: seconds per model call; load_timeout: for loading (default
+    timeout). semantic_override: a semantic spec that replaces the zip's.
+    n_rows: rows herded from the spec to exercise predict. output_cap_bytes:
+    how much the model may print before it is rejected. check_limits: the
+    sizes this process may allocate from. update_of: the semantic spec of
+    the learnware this package is a new version of (runs the 'update'
+    check); allow_breaking lets that version change Data, Task or widths.
     """
     limits = limits or pkg.PackageLimits()
+    check_limits = check_limits or CheckLimits()
     report = CheckReport(zip_path=str(zip_path))
     with _timed(report, "archive"):
         scan = pkg.scan_archive(zip_path, limits)
@@ -286,10 +401,15 @@ def check_package(
         req_file, requirements = pkg.read_requirements(zip_path, scan, limits)
     with _timed(report, "semantic"):
         semantic = choose_semantic(zip_path, scan, limits, semantic_override)
+        check_dimensions(semantic, check_limits)
     report.semantic = semantic
+    if update_of is not None:
+        with _timed(report, "update"):
+            report.update = check_update(update_of, semantic, allow_breaking)
     with _timed(report, "spec"):
         spec = pkg.read_spec(zip_path, scan, manifest, limits)
         report.spec = check_spec(spec, semantic, gamma, k)
+        n_candidates = probe_candidates(spec, n_rows, check_limits)
     report.rkme = spec
     report.package = {
         "root": scan.root,
@@ -304,5 +424,5 @@ def check_package(
         report.warnings.append("no requirements.txt or environment.yaml: dependencies unknown")
     with tempfile.TemporaryDirectory(prefix="lw-check-") as tmp:
         package_dir = pkg.extract_package(zip_path, Path(tmp) / "package", limits)
-        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, output_cap_bytes)
+        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap_bytes)
     return report

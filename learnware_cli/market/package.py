@@ -16,12 +16,17 @@ zip or under one top folder::
 Failures raise ``RejectedError(check, message)`` with check one of
 ``archive``, ``manifest``, ``spec``, ``semantic``.
 
+``stage_zip`` reads a submitted file once into a private copy while hashing
+it: checks read that copy and the market stores it, so what is stored is
+what was checked.
+
 This module stays light (no JAX, no NumPy at import time) because the model
 worker imports it to read ``learnware.yaml``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
@@ -68,6 +73,9 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 @dataclass(frozen=True)
 class PackageLimits:
     """Caps on what a package may unpack to.
+
+    max_total_bytes (a market's max_package_bytes) caps both the zip file and
+    the sum of what it unpacks to.
 
     max_compression_ratio applies to entries that unpack to more than
     ratio_min_bytes (small files of repeated bytes compress very well and
@@ -154,6 +162,37 @@ def _show(name: str) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+def short_message(exc: BaseException) -> str:
+    """An exception's message cut to one short line (Python's own advice after ';' dropped)."""
+    text = str(exc).split("\n", 1)[0].split(";", 1)[0].strip() or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+class JSONProblem(ValueError):
+    """A JSON text that cannot be parsed; the message is one line naming the file."""
+
+
+def parse_json(text: str, what: str):
+    """json.loads where every failure is a JSONProblem with a one-line message naming `what`.
+
+    Beyond syntax errors (JSONDecodeError), json.loads raises RecursionError
+    for deep nesting and a plain ValueError for an integer longer than
+    Python's int conversion limit (4300 digits): untrusted text can trigger
+    all three, and none of them may escape as a traceback.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONProblem(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise JSONProblem(f"{what} is not valid JSON (nested too deeply)") from None
+    except (ValueError, OverflowError) as exc:
+        raise JSONProblem(f"{what} holds a number that cannot be read ({short_message(exc)})") from None
+
+
 # --------------------------------------------------------------------------- YAML
 
 
@@ -219,6 +258,10 @@ def load_manifest_yaml(text: str):
         _reject("manifest", f"learnware.yaml is not valid YAML{line}: {exc.problem}")
     except (yaml.YAMLError, RecursionError) as exc:
         _reject("manifest", f"learnware.yaml is not valid YAML: {type(exc).__name__}")
+    except (ValueError, OverflowError) as exc:
+        # a scalar the safe constructors cannot convert: an integer over Python's
+        # 4300-digit limit, a date like 2001-13-45
+        _reject("manifest", f"learnware.yaml holds a value that cannot be read ({short_message(exc)})")
 
 
 def _mapping(value, what: str, allow_none: bool = False) -> dict:
@@ -334,8 +377,8 @@ def _precheck(path: Path, limits: PackageLimits) -> bytes:
     """File size and directory size caps, checked before zipfile reads anything; returns the magic."""
     try:
         size = path.stat().st_size
-        if size > limits.max_total_bytes + MiB:
-            _reject("archive", f"archive is {size} bytes, the limit is {limits.max_total_bytes}")
+        if size > limits.max_total_bytes:
+            _reject("archive", _too_big(size, limits))
         with open(path, "rb") as fh:
             head = fh.read(4)
             counts = _directory_size(fh, size)
@@ -352,6 +395,10 @@ def _precheck(path: Path, limits: PackageLimits) -> bytes:
         if cd_size > limits.max_entries * _MAX_RECORD_BYTES:
             _reject("archive", f"archive directory is {cd_size} bytes, too large for {limits.max_entries} entries")
     return head
+
+
+def _too_big(size: int, limits: PackageLimits) -> str:
+    return f"archive file is {size} bytes, over the package size limit of {limits.max_total_bytes} bytes (max_package_bytes)"
 
 
 def _open_zip(zip_path, limits: Optional[PackageLimits] = None) -> zipfile.ZipFile:
@@ -537,10 +584,9 @@ def read_spec(zip_path, scan: ArchiveScan, manifest: Manifest, limits: Optional[
     limits = limits or PackageLimits()
     text = _read_text(zip_path, scan, manifest.spec_file, limits.max_spec_bytes, "spec")
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        _reject("spec", f"{manifest.spec_file} is not valid JSON{where}")
+        obj = parse_json(text, manifest.spec_file)
+    except JSONProblem as exc:
+        _reject("spec", str(exc))
     try:
         return RKMESpec.from_json_dict(obj, source=manifest.spec_file)
     except SpecError as exc:
@@ -554,9 +600,9 @@ def read_semantic_raw(zip_path, scan: ArchiveScan, limits: Optional[PackageLimit
         return None
     text = _read_text(zip_path, scan, SEMANTIC_FILE, limits.max_text_bytes, "semantic")
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        _reject("semantic", f"{SEMANTIC_FILE} is not valid JSON")
+        obj = parse_json(text, SEMANTIC_FILE)
+    except JSONProblem as exc:
+        _reject("semantic", str(exc))
     if not isinstance(obj, dict):
         _reject("semantic", f"{SEMANTIC_FILE} must hold a JSON object")
     return obj
@@ -599,6 +645,54 @@ def inspect_package(zip_path, limits: Optional[PackageLimits] = None, check_sema
         requirements=req_text,
         warnings=warnings,
     )
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _open_regular(path: Path) -> int:
+    """A read descriptor on path, which must be a regular file (O_NONBLOCK: a fifo cannot hang us)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        _reject("archive", f"{path}: no such file")
+    except OSError as exc:
+        _reject("archive", f"{path}: cannot read ({exc.strerror or exc})")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        _reject("archive", f"{path} is not a regular file")
+    return fd
+
+
+def stage_zip(src, dest, limits: Optional[PackageLimits] = None) -> tuple[str, int]:
+    """Copy a submitted zip into dest (created fresh, 0600) in one read, hashing it -> (sha256 hex, bytes).
+
+    Checks then read only the copy and the market stores it, so the bytes
+    stored are the bytes checked even if the submitter's file is replaced
+    meanwhile. The size cap is enforced on the bytes actually read, not only
+    on fstat (the file may grow while it is copied), so a huge file is
+    refused without reading it all. On failure dest is removed.
+    """
+    limits = limits or PackageLimits()
+    dest = Path(dest)
+    digest, total = hashlib.sha256(), 0
+    with os.fdopen(_open_regular(Path(src)), "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        if size > limits.max_total_bytes:
+            _reject("archive", _too_big(size, limits))
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            with os.fdopen(out, "wb") as fout:
+                while chunk := fin.read(_CHUNK):
+                    total += len(chunk)
+                    if total > limits.max_total_bytes:
+                        _reject("archive", _too_big(total, limits))
+                    digest.update(chunk)
+                    fout.write(chunk)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+    return digest.hexdigest(), total
 
 
 # --------------------------------------------------------------------------- extraction

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import re
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from learnware_cli.errors import RejectedError
@@ -104,6 +105,7 @@ MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 20_000
 MAX_DIMENSION = 1_000_000
 MAX_COLUMN_DESCRIPTION_CHARS = 2_000
+_DIGITS = re.compile(f"[0-9]{{1,{len(str(MAX_DIMENSION))}}}")
 
 
 def _reject(message: str):
@@ -203,11 +205,17 @@ def _validate_string(key: str, obj: Mapping, required: bool) -> dict:
 
 
 def _dimension(key: str, value) -> int:
+    """A positive int (7.0 and "7" accepted) up to MAX_DIMENSION; anything else is a rejection.
+
+    Strings must be ASCII digits short enough to convert: str.isdigit() also
+    accepts '²', which int() refuses, and a 5000-digit string would exceed
+    Python's int conversion limit; both raised ValueError out of the check.
+    """
     if isinstance(value, bool):
         _reject(f"{key} Dimension must be a positive integer, got {_show(value)}")
     if isinstance(value, float) and math.isfinite(value) and value == int(value):
         value = int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if not isinstance(value, int) or value < 1 or value > MAX_DIMENSION:
         _reject(f"{key} Dimension must be a positive integer, got {_show(value)}")

@@ -8,8 +8,9 @@ starts afresh) and raises ``ReuseError`` only when no learnware is left.
 
 Conventions (shapes): X is (n, d); a regression model returns (n,) or (n, t),
 kept internally as (n, t); a classifier returns labels (n,) that are the class
-indices 0..n_classes-1, and ``predict_proba`` columns (n, n_classes) in that
-class order (scikit-learn's order for integer labels).
+indices 0..n_classes-1 (or one score column per class, read as its argmax), and
+``predict_proba`` columns (n, n_classes) in that class order (scikit-learn's
+order for integer labels).
 
 This module imports no JAX: only the job selector needs the RKME code.
 """
@@ -47,6 +48,16 @@ class ReuseError(LwError):
         if self.failures:
             message = f"{message}: " + "; ".join(f"{lw_id}: {why}" for lw_id, why in self.failures)
         super().__init__(message)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a learnware was left out, in one line: our own errors say it themselves
+    (their message is written for people); anything else is named by its type."""
+    own = isinstance(exc, LwError)
+    lines = [line.strip() for line in str(exc.message if own else exc).splitlines() if line.strip()]
+    if own:
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def normalize_task(task: str) -> str:
@@ -201,8 +212,7 @@ class BaseReuser(BaseEstimator):
 
     def _fail(self, i: int, exc: BaseException) -> None:
         self._dead.add(i)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        self.failures_.append((self._lws[i].id, f"{type(exc).__name__}: {text}" if text else type(exc).__name__))
+        self.failures_.append((self._lws[i].id, failure_reason(exc)))
 
     def _nothing_left(self, what: str) -> ReuseError:
         return ReuseError(f"no learnware left to {what}", self.failures_)
@@ -300,10 +310,12 @@ def _regression_values(pred, rows: int) -> np.ndarray:
 
 
 def _label_values(pred, rows: int) -> np.ndarray:
-    """Model labels -> (rows,), ints when whole numbers."""
+    """Model labels -> (rows,), ints when whole numbers; one score column per class -> the best class."""
     out = np.asarray(pred)
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
+    elif out.ndim == 2 and out.shape[0] == rows and out.dtype.kind in "biuf":
+        out = np.argmax(out, axis=1)  # the market's contract allows scores as predict's answer
     if out.ndim != 1 or out.shape[0] != rows:
         raise ValueError(f"model returned labels of shape {out.shape} for {rows} rows")
     return integral_labels(out)

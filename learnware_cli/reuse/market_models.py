@@ -1,10 +1,17 @@
 """Learnwares of a market, ready for the reusers, with their models kept out of this process.
 
-Each learnware's stored ``package.zip`` is extracted to a private temp dir and
-its model runs in a ``ModelWorker`` (a sandboxed subprocess); the reusers see
-a ``WorkerModel`` with the usual ``predict`` / ``predict_proba``. The RKME and
-the task come from the files the market stored at submission (``rkme.json``,
-``semantic.json``), never from the package, so nothing submitted is parsed here.
+Each learnware's stored ``package.zip`` is copied to a private temp dir, its
+sha256 verified against the index (a swapped zip never runs), extracted there,
+and its model runs in a ``ModelWorker`` (a sandboxed subprocess); the reusers
+see a ``WorkerModel`` with the usual ``predict`` / ``predict_proba``. The RKME
+and the task come from the files the market stored at submission
+(``rkme.json``, ``semantic.json``), never from the package, so nothing
+submitted is parsed here.
+
+Passing the submit checks once proves little about later calls, so every
+answer is checked again against the same output contract (``checks.check_outputs``);
+a model that breaks it raises ``OutputContractError``, which the reusers treat
+like a crash: that learnware is left out.
 
 A learnware whose model cannot start is left out and reported in
 ``LoadedLearnwares.failures``; only when none starts is that an error.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -22,9 +30,10 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from learnware_cli.errors import InputError, LwError
+from learnware_cli.errors import InputError, LwError, RejectedError
+from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
 from learnware_cli.market.store import Market
-from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, normalize_task
+from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, failure_reason, normalize_task
 
 Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the latest, weight)
 
@@ -33,22 +42,46 @@ Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the
 MAX_PARALLEL_STARTS = 4
 
 
-class WorkerModel:
-    """A started ModelWorker seen as a model: predict, predict_proba, has_predict_proba."""
+class OutputContractError(LwError):
+    """A stored model answered outside the contract the market checked at submission."""
 
-    def __init__(self, worker, info: dict):
+    kind = "model-output"
+
+
+class WorkerModel:
+    """A started ModelWorker seen as a model: predict, predict_proba, has_predict_proba.
+
+    Every answer is held to the learnware's contract (task, Output.Dimension,
+    declared output_shape) before a reuser sees it.
+    """
+
+    def __init__(self, worker, info: dict, task: str, output_dim: int):
         self._worker = worker
         self.info = dict(info)
         self.has_predict_proba = bool(info.get("has_predict_proba"))
+        # the stored semantic spec reduced to what check_outputs reads, with the task spelled canonically
+        self._contract = {"Task": {"Values": [task]}, "Output": {"Dimension": output_dim}}
 
     def predict(self, X) -> np.ndarray:
-        return self._worker.predict(X)
+        return self._checked(self._worker.predict(X), len(X), self.info, "predict")
 
     def predict_proba(self, X) -> np.ndarray:
         if not self.has_predict_proba:
             # AttributeError is what the reusers read as "no probabilities here"
             raise AttributeError(f"model {self.info.get('class_name', '')} has no predict_proba")
-        return self._worker.predict_proba(X)
+        one_score_per_class = dict(self.info, output_shape=(self._contract["Output"]["Dimension"],))
+        return self._checked(self._worker.predict_proba(X), len(X), one_score_per_class, "predict_proba")
+
+    def _checked(self, answer, n_rows: int, info: dict, what: str) -> np.ndarray:
+        """The answer, if the submit check's model-output rules still hold for it; else OutputContractError."""
+        from learnware_cli.market.checks import check_outputs
+
+        answer = np.asarray(answer)
+        try:
+            check_outputs(answer, n_rows, info, self._contract, what)
+        except RejectedError as exc:
+            raise OutputContractError(f"broke its output contract: {exc.reason}") from None
+        return answer
 
 
 class LoadedLearnwares(list):
@@ -73,8 +106,8 @@ class _Planned:
     name: str
     weight: float
     folder: Path
-    task: str
-    n_classes: Optional[int]
+    record: dict  # its index record (the package's recorded sha256)
+    semantic: dict  # the stored semantic.json ({} when unreadable)
 
     def describe(self) -> dict:
         return {"id": self.id, "version": self.version, "name": self.name, "weight": self.weight}
@@ -127,9 +160,10 @@ def _ref(item, weight_key: Optional[str]) -> Ref:
 
 
 def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int]) -> list[_Planned]:
-    """Resolve every ref (unknown id or version: NotFoundError) and read its stored task.
+    """Resolve every ref (unknown id or version: NotFoundError) and read its stored semantic specification.
 
     Done for all refs before any worker starts, so a typo costs nothing.
+    Folders come from id and version, never from the index's paths.
     """
     index = market.read_index()
     planned = []
@@ -140,50 +174,68 @@ def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int]) -> list
         dim = record.get("input_dim")
         if input_dim is not None and dim is not None and dim != input_dim:
             raise InputError(f"your data has {input_dim} columns but learnware {learnware_id}@{record['version']} takes {dim}")
-        folder = market.path(record["path"])
-        task, n_classes = _task_of(folder / "semantic.json")
+        folder = version_folder(market, learnware_id, record)
         name = str(entry.get("name", ""))
-        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, task, n_classes))
+        semantic = _read_semantic(folder / "semantic.json")
+        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, record, semantic))
     return planned
 
 
-def _task_of(semantic_path: Path) -> tuple[str, Optional[int]]:
-    """(Task value, number of classes or None) from a stored semantic.json."""
+def _read_semantic(path: Path) -> dict:
+    """A stored semantic.json; {} when unreadable (that learnware is then left out at start)."""
     try:
-        semantic = json.loads(semantic_path.read_text(encoding="utf-8"))
-        task = (semantic.get("Task") or {}).get("Values", [""])[0]
-        dimension = (semantic.get("Output") or {}).get("Dimension")
-    except (OSError, ValueError, AttributeError, IndexError, TypeError):
-        return "", None
-    return task, (int(dimension) if task == CLASSIFICATION and isinstance(dimension, int) else None)
+        semantic = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return semantic if isinstance(semantic, dict) else {}
+
+
+def _contract_of(semantic: dict) -> tuple[str, int]:
+    """(canonical task, Output.Dimension): what the model's answers are held to. InputError if absent."""
+    try:
+        task = semantic["Task"]["Values"][0]
+        dimension = semantic["Output"]["Dimension"]
+    except (KeyError, IndexError, TypeError):
+        raise InputError("its stored semantic specification names no task or no Output.Dimension") from None
+    if not isinstance(dimension, int) or isinstance(dimension, bool) or dimension < 1:
+        raise InputError(f"its stored semantic specification has a bad Output.Dimension {dimension!r}")
+    return normalize_task(task), dimension
+
+
+def _verified_copy(plan: _Planned, own: Path) -> Path:
+    """A private copy (in the folder own) of the stored package, verified against the recorded sha256.
+
+    The copy is what gets extracted, so the stored file cannot be swapped
+    between the check and the use.
+    """
+    copy = own / PACKAGE_FILE
+    try:
+        shutil.copyfile(plan.folder / PACKAGE_FILE, copy)
+    except FileNotFoundError:
+        pass  # verify_package reports the missing file
+    verify_package(copy, plan.id, plan.record)
+    return copy
 
 
 def _start(plan: _Planned, scratch: Path, timeout: float, memory_mb: int) -> tuple[object, ReusableLearnware]:
-    """Extract the package, start its worker, wrap it. Raises LwError on any failure."""
+    """Verify and extract the package, start its worker, wrap it. Raises LwError on any failure."""
     from learnware_cli.market.package import extract_package
     from learnware_cli.market.worker import ModelWorker
     from learnware_cli.rkme.spec import RKMESpec
 
-    if not plan.task:
-        raise InputError("its stored semantic specification names no task")
-    task = normalize_task(plan.task)
+    task, output_dim = _contract_of(plan.semantic)
     spec = RKMESpec.load(plan.folder / "rkme.json")
-    package = extract_package(plan.folder / "package.zip", scratch / f"{plan.id}-v{plan.version}")
+    own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
+    package = extract_package(_verified_copy(plan, own), own / "package")
     # copy_package=False: this extraction is private to the worker already
     worker = ModelWorker(package, timeout=timeout, memory_mb=memory_mb, copy_package=False)
     try:
-        model = WorkerModel(worker, worker.start())
-        return worker, ReusableLearnware(plan.id, model, spec=spec, task=task, n_classes=plan.n_classes, weight=plan.weight)
+        model = WorkerModel(worker, worker.start(), task, output_dim)
+        n_classes = output_dim if task == CLASSIFICATION else None
+        return worker, ReusableLearnware(plan.id, model, spec=spec, task=task, n_classes=n_classes, weight=plan.weight)
     except BaseException:
         worker.close()
         raise
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for the failures list."""
-    text = exc.message if isinstance(exc, LwError) else f"{type(exc).__name__}: {exc}"
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _start_all(planned: list[_Planned], scratch: Path, timeout: float, memory_mb: int) -> list[Future]:
@@ -240,7 +292,7 @@ def open_learnwares(
                 stack.callback(pair[0].close)
         for plan, pair, future in zip(planned, started, futures):
             if pair is None:  # one bad learnware is reported, not fatal
-                loaded.failures.append({"id": plan.id, "version": plan.version, "reason": _reason(future.exception())})
+                loaded.failures.append({"id": plan.id, "version": plan.version, "reason": failure_reason(future.exception())})
                 continue
             loaded.append(pair[1])
             loaded.described.append(plan.describe())

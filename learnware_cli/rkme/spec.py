@@ -79,8 +79,9 @@ class RKMESpec:
             beta = np.asarray(obj["beta"], dtype=np.float64).reshape(-1)
             gamma = float(obj.get("gamma", DEFAULT_GAMMA))
             num_points = int(obj.get("num_points", 0))
-        except (TypeError, ValueError) as exc:
-            raise SpecError(f"{source}: z, beta and gamma must be numbers ({exc})") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            # OverflowError: an integer too large for a float (a 400-digit z), num_points = 1e400 (inf)
+            raise SpecError(f"{source}: z, beta, gamma and num_points must be numbers ({exc})") from None
         if z.ndim > 2:
             z = z.reshape(z.shape[0], -1)
         if z.ndim != 2 or z.shape[0] == 0 or z.shape[1] == 0:
@@ -110,6 +111,8 @@ class RKMESpec:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (ValueError, RecursionError) as exc:  # an integer over Python's 4300-digit limit; deep nesting
+            raise SpecError(f"{path}: unreadable JSON ({exc})") from None
         return cls.from_json_dict(obj, source=str(path))
 
 

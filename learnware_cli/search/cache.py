@@ -9,10 +9,16 @@ after one submit parses one JSON file, not the whole market.
 File: MARKET/cache/stack-d{dim}.npz with
     keys (M,) "ID@VERSION", zs (M, K_max, d) float32, betas (M, K_max) float32,
     self_products (M,) float64 (computed from the float64 spec), generation, gamma.
+
+A market the user cannot write (a read-only share) is still searchable: the
+stack then goes to a per-user cache ($LW_SEARCH_CACHE, default
+~/.cache/lw/search/MARKET-DIGEST/), and if that cannot be written either, it
+lives in memory for this search.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -26,6 +32,7 @@ from learnware_cli.market.store import Market
 
 CACHE_DIR = "cache"
 CACHE_FORMAT = 1
+USER_CACHE_ENV = "LW_SEARCH_CACHE"
 
 
 @dataclass
@@ -74,28 +81,64 @@ def searchable_versions(index: dict, all_versions: bool = False) -> dict[int, li
     return groups
 
 
-def _path(market: Market, dim: int) -> Path:
-    return market.root / CACHE_DIR / f"stack-d{dim}.npz"
+def user_cache_dir(market: Market) -> Path:
+    """This user's cache folder for one market, for stacks the market's own cache/ cannot take.
+
+    Named by the market's resolved path and creation time, so a market
+    re-created at the same path never meets the old one's stacks.
+    """
+    base = os.environ.get(USER_CACHE_ENV) or Path.home() / ".cache" / "lw" / "search"
+    ident = f"{market.root.resolve()}\n{market.config.get('created', '')}"
+    return Path(base) / hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _locations(market: Market, dim: int) -> list[Path]:
+    """Where a stack may be stored, in order of preference: the market's cache/, then the user's."""
+    name = f"stack-d{dim}.npz"
+    return [market.root / CACHE_DIR / name, user_cache_dir(market) / name]
 
 
 _LOADED: dict = {}
 
 
-def load(market: Market, dim: int) -> Optional[CachedStack]:
-    """The stored stack, or None if absent or unreadable. Kept per process while the file is unchanged."""
-    path = _path(market, dim)
+def _load(path: Path) -> Optional[CachedStack]:
+    """The stack stored at path, or None if absent or unreadable. Kept per process while the file is unchanged."""
     try:
         stat = path.stat()
-    except FileNotFoundError:
+    except OSError:
         return None
     key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    if key not in _LOADED:
+    if _LOADED.get(path) is None or _LOADED[path][0] != key:
         stack = _read(path)
         if stack is None:
             return None
-        _LOADED.clear()
-        _LOADED[key] = stack
-    return _LOADED[key]
+        _LOADED.pop(path, None)
+        if len(_LOADED) >= 2:  # stacks are big: keep the last two (a market's and a user's)
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[path] = (key, stack)
+    return _LOADED[path][1]
+
+
+def _is_current(stack: CachedStack, generation: int, members: list) -> bool:
+    # same generation, same index: the same members; check the ends as a cheap guard
+    return (
+        stack.generation == generation
+        and stack.count == len(members)
+        and str(stack.keys[0]) == members[0][0]
+        and str(stack.keys[-1]) == members[-1][0]
+    )
+
+
+def _stored(market: Market, dim: int, generation: int, members: list) -> tuple[Optional[CachedStack], bool]:
+    """(stack, is it current): the first current stored stack, else the newest one to reuse rows from."""
+    newest = None
+    for path in _locations(market, dim):
+        stack = _load(path)
+        if stack is not None and _is_current(stack, generation, members):
+            return stack, True
+        if stack is not None and (newest is None or stack.generation > newest.generation):
+            newest = stack
+    return newest, False
 
 
 def _read(path: Path) -> Optional[CachedStack]:
@@ -116,9 +159,18 @@ def _read(path: Path) -> Optional[CachedStack]:
 
 
 def _save(market: Market, dim: int, stack: CachedStack) -> None:
-    folder = market.root / CACHE_DIR
-    folder.mkdir(exist_ok=True)
-    tmp = folder / f".stack-d{dim}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz"
+    """Store the stack where it can be written (see the module docstring); if nowhere, it stays in memory."""
+    for path in _locations(market, dim):
+        try:
+            _write(path, stack)
+            return
+        except OSError:
+            continue
+
+
+def _write(path: Path, stack: CachedStack) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
     try:
         np.savez(
             tmp,
@@ -130,7 +182,7 @@ def _save(market: Market, dim: int, stack: CachedStack) -> None:
             generation=stack.generation,
             gamma=stack.gamma,
         )
-        os.replace(tmp, _path(market, dim))
+        os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -151,9 +203,9 @@ def build(
     if previous is not None and np.isclose(previous.gamma, market.gamma):
         reuse = {str(k): i for i, k in enumerate(previous.keys)}
     fresh: list[tuple[int, RKMESpec]] = []
-    for position, (key, _, record) in enumerate(members):
+    for position, (key, entry, record) in enumerate(members):
         if key not in reuse:
-            raw = json.loads((market.path(record["path"]) / "rkme.json").read_text())
+            raw = json.loads((market.version_dir(entry["id"], record["version"]) / "rkme.json").read_text())
             fresh.append((position, RKMESpec.from_json_dict(raw, source=key)))
             if progress and len(fresh) % 200 == 0:
                 progress(len(fresh), len(members))
@@ -190,11 +242,9 @@ def current(
     if not members:
         return None, []
     generation = int(index.get("generation", 0))
-    cached = load(market, dim)
-    if cached is not None and cached.generation == generation and cached.count == len(members):
-        # same generation, same index: the same members; check the ends as a cheap guard
-        if str(cached.keys[0]) == members[0][0] and str(cached.keys[-1]) == members[-1][0]:
-            return cached, members
+    cached, is_current = _stored(market, dim, generation, members)
+    if is_current:
+        return cached, members
     stack = build(market, dim, members, generation, previous=cached, progress=progress)
     if not all_versions:  # the all-versions view is rare and stays in memory
         _save(market, dim, stack)

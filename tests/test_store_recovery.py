@@ -1,0 +1,399 @@
+"""The market survives its own writers and a damaged index: a sweep spares live submits, the folders
+rebuild the index, index paths are never followed, damage is never a reason to delete, OS errors are
+one line, and a market that cannot be written can still be searched."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learnware_cli.errors import EXIT_MARKET, MarketError
+from learnware_cli.experiment.synthetic import spec_only_semantic
+from learnware_cli.market import store
+from learnware_cli.market.store import Market, stored_record_fields
+from learnware_cli.rkme.spec import RKMESpec
+
+GAMMA = 0.1
+DIM = 3
+
+
+def _spec(seed: int) -> RKMESpec:
+    rng = np.random.default_rng(seed)
+    return RKMESpec(z=rng.normal(size=(4, DIM)) + seed, beta=np.full(4, 0.25), gamma=GAMMA, num_points=50)
+
+
+def _add(market: Market, work: Path, seed: int, update_id=None, **extra) -> tuple[dict, dict]:
+    """Store a spec-only learnware (or a new version of update_id) the way submit does."""
+    folder = work / f"in-{seed}"
+    folder.mkdir(parents=True)
+    package = folder / "package.zip"
+    with zipfile.ZipFile(package, "w") as zf:
+        zf.writestr("README.txt", f"learnware {seed}")
+    spec = _spec(seed)
+    spec.save(folder / "rkme.json")
+    semantic = spec_only_semantic(f"learnware {seed}", DIM)
+    fields = {**stored_record_fields(semantic, spec.dim, spec.size, package.stat().st_size), **extra}
+    return market.add_version({"package.zip": package, "rkme.json": folder / "rkme.json"}, semantic, fields, update_id)
+
+
+@pytest.fixture
+def market(tmp_path) -> Market:
+    """00000001 (v1, v2 with notes and a price) and 00000002 (v1)."""
+    market = Market.create(tmp_path / "market", gamma=GAMMA, k=5)
+    _add(market, tmp_path, 1)
+    _add(market, tmp_path, 2, update_id="00000001", notes="retrained", price=9.5)
+    _add(market, tmp_path, 3)
+    return market
+
+
+def _index(market: Market) -> dict:
+    return json.loads((market.root / "index.json").read_text())
+
+
+def _edit_index(market: Market, change) -> None:
+    index = _index(market)
+    change(index)
+    (market.root / "index.json").write_text(json.dumps(index))
+
+
+def _folders(market: Market) -> set[str]:
+    return {p.relative_to(market.root).as_posix() for p in (market.root / "learnwares").glob("*/*")}
+
+
+# -- 1. a sweep never takes the staging folder of a live submit ------------------------------------
+
+
+def test_sweep_spares_a_live_submitters_staging_and_the_submit_lands(market, tmp_path, monkeypatch):
+    copying, go_on = threading.Event(), threading.Event()
+    copy = shutil.copyfile
+
+    def slow_copy(source, target, **kwargs):
+        if Path(target).name == "package.zip":
+            copying.set()
+            assert go_on.wait(30)
+        return copy(source, target, **kwargs)
+
+    monkeypatch.setattr(store.shutil, "copyfile", slow_copy)
+    outcome = {}
+
+    def submit_in_background():
+        try:
+            outcome["stored"] = _add(market, tmp_path, 4)
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            outcome["error"] = exc
+
+    submit = threading.Thread(target=submit_in_background)
+    submit.start()
+    try:
+        assert copying.wait(30)
+        dead = market.root / ".staging" / "from-a-killed-writer"
+        dead.mkdir()  # no .held, or a .held nobody holds: its writer is gone
+        swept = market.sweep()
+    finally:
+        go_on.set()
+        submit.join(30)
+    assert "stored" in outcome, f"the submit was lost: {outcome.get('error')!r}"
+    entry, record = outcome["stored"]
+    assert entry["id"] == "00000003" and record["version"] == 1
+    assert swept.removed == [".staging/from-a-killed-writer"]
+    index = market.read_index()
+    assert "00000003" in index["learnwares"]
+    assert (market.version_dir("00000003", 1) / "package.zip").is_file()
+    assert not (market.version_dir("00000003", 1) / store.PENDING_MARK).exists()
+    assert market.sweep().removed == [] and not (market.root / ".staging").exists()
+
+
+# -- 2. the folders rebuild a lost or damaged index ------------------------------------------------
+
+
+def test_each_version_folder_holds_its_record(market):
+    index = _index(market)
+    for entry in index["learnwares"].values():
+        for record in entry["versions"]:
+            stored = json.loads((market.version_dir(entry["id"], record["version"]) / "record.json").read_text())
+            assert stored["id"] == entry["id"] and stored["record"] == record
+    latest = json.loads((market.version_dir("00000001", 2) / "record.json").read_text())
+    assert latest["name"] == index["learnwares"]["00000001"]["name"] and latest["semantic"] == index["learnwares"]["00000001"]["semantic"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing", "binary"])
+def test_plain_reindex_rebuilds_a_damaged_index_from_the_folders(market, lw, lw_json, damage):
+    before = _index(market)
+    path = market.root / "index.json"
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b'{"learnwares": {"0000' if damage == "garbage" else b"\xff\xfe\x00junk")
+    code, _, err = lw("list", "--market", market.root)
+    assert code == EXIT_MARKET and "lw reindex" in err and "Traceback" not in err
+    code, doc = lw_json("reindex", "--market", market.root)
+    assert code == 0, doc
+    assert doc["rebuilt"]["learnwares"] == 2 and doc["rebuilt"]["versions"] == 3
+    assert ("missing" if damage == "missing" else "corrupt") in doc["rebuilt"]["reason"]
+    after = _index(market)
+    assert after["learnwares"] == before["learnwares"]  # every field, notes and price included
+    assert after["next_id"] == 3 and after["generation"] > before["generation"]
+    assert (doc["rebuilt"]["backup"] is None) == (damage == "missing")
+    assert lw_json("list", "--market", market.root)[1]["count"] == 2
+    assert doc["removed"] == [] and _folders(market) == {"learnwares/00000001/v1", "learnwares/00000001/v2", "learnwares/00000002/v1"}
+
+
+def test_rebuild_flag_rebuilds_a_readable_index_and_reports_it(market, lw, lw_json):
+    before = _index(market)
+    code, doc = lw_json("reindex", "--market", market.root)
+    assert code == 0 and doc["rebuilt"] is None
+    code, doc = lw_json("reindex", "--rebuild", "--market", market.root)
+    assert code == 0 and doc["rebuilt"]["reason"].startswith("requested")
+    assert _index(market)["learnwares"] == before["learnwares"]
+    code, out, _ = lw("reindex", "--rebuild", "--market", market.root)
+    assert code == 0 and "Rebuilt index.json from the version folders" in out
+
+
+def test_rebuild_reconstructs_older_folders_and_skips_incomplete_ones(market, lw_json):
+    before = _index(market)
+    legacy = market.version_dir("00000002", 1)
+    (legacy / "record.json").unlink()  # a folder stored by an older lw
+    broken = market.version_dir("00000001", 1)
+    (broken / "rkme.json").unlink()  # incomplete: must be reported and left alone
+    stray = market.root / "learnwares" / "not-an-id" / "v1"
+    stray.mkdir(parents=True)
+    (market.root / "index.json").write_text("{")
+    code, doc = lw_json("reindex", "--rebuild", "--market", market.root)
+    assert code == 0, doc
+    rebuilt = doc["rebuilt"]
+    assert [n.split(":")[0] for n in rebuilt["reconstructed"]] == ["learnwares/00000002/v1"]
+    assert sorted(n.split(":")[0] for n in rebuilt["skipped"]) == ["learnwares/00000001/v1", "learnwares/not-an-id/v1"]
+    assert "incomplete (no rkme.json)" in " ".join(rebuilt["skipped"])
+    assert broken.is_dir() and stray.is_dir(), "a rebuild never deletes a folder"
+    index = _index(market)
+    assert [r["version"] for r in index["learnwares"]["00000001"]["versions"]] == [2]
+    record = index["learnwares"]["00000002"]["versions"][0]
+    old = before["learnwares"]["00000002"]["versions"][0]
+    assert record["checksum"] == hashlib.sha256((legacy / "package.zip").read_bytes()).hexdigest() == old["checksum"]
+    for key in ("version", "input_dim", "output_dim", "task", "K", "package_bytes"):
+        assert record[key] == old[key], key
+    assert index["learnwares"]["00000002"]["semantic"] == before["learnwares"]["00000002"]["semantic"]
+
+
+# -- 3. paths in the index are never followed; the index is validated -------------------------------
+
+
+def test_remove_ignores_a_hostile_path_in_the_index(market, tmp_path, lw_json):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    _edit_index(market, lambda index: index["learnwares"]["00000001"]["versions"][0].update(path="../precious"))
+    code, doc = lw_json("remove", "00000001@1", "--market", market.root)
+    assert code == 0, doc
+    assert (outside / "keep.txt").read_text() == "mine"
+    assert not market.version_dir("00000001", 1).exists() and market.version_dir("00000001", 2).is_dir()
+
+
+def test_remove_and_sweep_never_delete_through_a_symbolic_link(market, tmp_path, lw_json):
+    outside = tmp_path / "precious" / "v1"
+    outside.mkdir(parents=True)
+    (outside / store.PENDING_MARK).touch()  # even a folder that looks like a leftover
+    (outside / "keep.txt").write_text("mine")
+    shutil.rmtree(market.root / "learnwares" / "00000002")
+    (market.root / "learnwares" / "00000002").symlink_to(outside.parent, target_is_directory=True)
+    swept = market.sweep()
+    assert swept.removed == [] and [note.split(":")[0] for note in swept.kept] == ["learnwares/00000002/v1"]
+    assert lw_json("remove", "00000002", "--market", market.root)[0] == 0
+    assert (outside / "keep.txt").read_text() == "mine" and (outside / store.PENDING_MARK).exists()
+
+
+def _hostile_id(index):
+    index["learnwares"]["../../x"] = dict(index["learnwares"]["00000002"], id="../../x")
+
+
+def _mismatched_key(index):
+    index["learnwares"]["00000002"]["id"] = "00000001"
+
+
+def _versions_not_increasing(index):
+    index["learnwares"]["00000001"]["versions"].reverse()
+
+
+def _version_not_a_number(index):
+    index["learnwares"]["00000002"]["versions"][0]["version"] = "1"
+
+
+def _version_zero(index):
+    index["learnwares"]["00000002"]["versions"][0]["version"] = 0
+
+
+def _next_id_too_low(index):
+    index["next_id"] = 2
+
+
+@pytest.mark.parametrize(
+    "damage", [_hostile_id, _mismatched_key, _versions_not_increasing, _version_not_a_number, _version_zero, _next_id_too_low]
+)
+def test_an_inconsistent_index_is_a_corrupt_index(market, lw_json, damage):
+    _edit_index(market, damage)
+    folders = _folders(market)
+    for args in (["list"], ["show", "00000002"], ["remove", "00000002"]):
+        code, doc = lw_json(*args, "--market", market.root)
+        assert code == EXIT_MARKET and "corrupt index" in doc["message"] and "lw reindex --rebuild" in doc["message"], args
+    assert _folders(market) == folders
+    with pytest.raises(MarketError):
+        market.version_dir("../../x", 1)
+
+
+# -- 4. damage is never a reason to delete ----------------------------------------------------------
+
+
+def test_an_entry_without_versions_is_repaired_not_deleted(market, lw_json):
+    before = _index(market)
+    _edit_index(market, lambda index: index["learnwares"]["00000001"].update(versions=[]))
+    code, doc = lw_json("reindex", "--market", market.root)
+    assert code == 0, doc
+    assert doc["rebuilt"] is not None and "00000001 has no versions" in doc["rebuilt"]["reason"]
+    assert doc["removed"] == []
+    assert _index(market)["learnwares"] == before["learnwares"]
+    assert market.version_dir("00000001", 1).is_dir() and market.version_dir("00000001", 2).is_dir()
+
+
+def test_sweep_keeps_unlisted_folders_without_a_leftover_mark(market, lw_json):
+    _edit_index(market, lambda index: index["learnwares"].pop("00000002"))  # the index lost an entry
+    code, doc = lw_json("reindex", "--market", market.root)
+    assert code == 0 and doc["removed"] == []
+    assert [note.split(":")[0] for note in doc["kept"]] == ["learnwares/00000002/v1"]
+    assert market.version_dir("00000002", 1).is_dir()
+    code, doc = lw_json("reindex", "--rebuild", "--market", market.root)  # and a rebuild adopts it
+    assert code == 0 and "00000002" in _index(market)["learnwares"] and doc["kept"] == []
+
+
+def test_a_killed_submitters_folder_is_swept_and_its_slot_reused(market, tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # dies after the rename, before the index write
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "atomic_write_text", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _add(market, tmp_path, 5)
+    leftover = market.version_dir("00000003", 1)
+    assert (leftover / store.PENDING_MARK).exists() and "00000003" not in market.read_index()["learnwares"]
+    assert market.sweep().removed == ["learnwares/00000003/v1"]
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "atomic_write_text", killed)
+        with pytest.raises(KeyboardInterrupt):
+            _add(market, tmp_path, 6)
+    entry, _ = _add(market, tmp_path, 7)  # the next submit takes the same slot over the leftover
+    assert entry["id"] == "00000003" and market.sweep().removed == []
+
+
+def test_a_killed_removers_folder_is_swept(market, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # dies after the index write, before deleting the files
+
+    monkeypatch.setattr(store.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        market.remove("00000001", 1)
+    monkeypatch.undo()
+    assert (market.version_dir("00000001", 1) / store.REMOVED_MARK).exists()
+    assert market.sweep().removed == ["learnwares/00000001/v1"]
+
+
+def test_a_new_version_never_overwrites_a_folder_the_index_lost(market, tmp_path):
+    _edit_index(market, lambda index: index["learnwares"]["00000001"]["versions"].pop())  # lost v2
+    with pytest.raises(MarketError, match="lw reindex --rebuild"):
+        _add(market, tmp_path, 8, update_id="00000001")
+    assert json.loads((market.version_dir("00000001", 2) / "record.json").read_text())["record"]["notes"] == "retrained"
+
+
+# -- 5. OS errors are one-line market errors --------------------------------------------------------
+
+
+def _fail(code: int, filename=None):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), *([str(filename)] if filename else []))
+
+    return fail
+
+
+def test_a_read_only_index_write_is_one_line_and_changes_nothing(market, lw, monkeypatch):
+    before = _index(market)
+    monkeypatch.setattr(store, "atomic_write_text", _fail(errno.EROFS, market.root / "index.json"))
+    code, out, err = lw("remove", "00000001@1", "--market", market.root)
+    assert code == EXIT_MARKET and "Traceback" not in err
+    line = " ".join(err.split())  # rich may wrap the one line to the terminal
+    assert "Read-only file system" in line and "index.json" in line
+    assert _index(market) == before
+    assert not (market.version_dir("00000001", 1) / store.REMOVED_MARK).exists()
+
+
+def test_a_full_disk_while_storing_is_a_market_error_and_leaves_no_trace(market, tmp_path, monkeypatch):
+    before, folders = _index(market), _folders(market)
+    monkeypatch.setattr(store.shutil, "copyfile", _fail(errno.ENOSPC))  # write() errors carry no file name
+    with pytest.raises(MarketError) as caught:
+        _add(market, tmp_path, 9)
+    assert "No space left on device" in caught.value.message and str(market.root) in caught.value.message
+    assert _index(market) == before and _folders(market) == folders
+    assert list((market.root / ".staging").glob("*")) == []
+
+
+def test_init_on_a_read_only_folder_is_one_line(tmp_path, lw_json, monkeypatch):
+    monkeypatch.setattr(store.os, "rename", _fail(errno.EROFS, tmp_path / "m"))
+    code, doc = lw_json("init", tmp_path / "m")
+    assert code == EXIT_MARKET and "Read-only file system" in doc["message"] and "\n" not in doc["message"]
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.init-*"))
+
+
+def test_any_uncaught_os_error_is_one_line_with_exit_5(market, lw, monkeypatch):
+    monkeypatch.setattr(Market, "entries", _fail(errno.EACCES, market.root / "index.json"))
+    code, out, err = lw("list", "--market", market.root)
+    assert code == EXIT_MARKET and "Traceback" not in err
+    assert "Permission denied" in " ".join(err.split())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod")
+def test_a_really_read_only_market(market, lw, tmp_path, monkeypatch):
+    monkeypatch.setenv("LW_SEARCH_CACHE", str(tmp_path / "user-cache"))
+    for path in [market.root, *market.root.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        code, _, err = lw("remove", "00000001", "--market", market.root)
+        assert code == EXIT_MARKET and "Traceback" not in err
+        _spec(1).save(tmp_path / "user.json")
+        code, _, err = lw("search", "--market", market.root, "--spec", tmp_path / "user.json")
+        assert code == 0, err
+    finally:
+        for path in [market.root, *market.root.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+# -- 6. a market that cannot be written can still be searched --------------------------------------
+
+
+def test_search_builds_the_cache_elsewhere_when_the_market_is_read_only(market, tmp_path, monkeypatch):
+    from learnware_cli.search import cache
+    from learnware_cli.search.engine import search
+
+    monkeypatch.setenv("LW_SEARCH_CACHE", str(tmp_path / "user-cache"))
+    savez = np.savez
+
+    def read_only_market(path, **arrays):
+        if market.root in Path(path).parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return savez(path, **arrays)
+
+    monkeypatch.setattr(cache.np, "savez", read_only_market)
+    found = search(market, _spec(3), k=1).single
+    assert found[0]["id"] == "00000002"
+    assert not list(market.root.glob("cache/*.npz"))
+    assert len(list((tmp_path / "user-cache").glob("*/stack-d3.npz"))) == 1
+    assert search(market, _spec(3), k=1).single[0]["id"] == "00000002"  # served from the user's cache
+
+    monkeypatch.setattr(cache.np, "savez", _fail(errno.EROFS))  # nowhere to write: in memory
+    _add(market, tmp_path, 10)
+    assert search(market, _spec(10), k=1).single[0]["id"] == "00000003"
