@@ -391,3 +391,92 @@ def test_sandbox_report_is_in_show_json(tmp_path):
         report = worker.info()["sandbox"]
     assert report["active"] and report["seccomp"] and report["landlock_abi"] >= 1
     assert json.dumps(report)
+
+
+# --------------------------------------------------------------------------- the market's settings reach every worker
+
+
+def _set_limits(market: Market, **limits) -> None:
+    config = json.loads((market.root / "market.json").read_text())
+    config["limits"].update(limits)
+    (market.root / "market.json").write_text(json.dumps(config))
+
+
+def _spawning_zip(folder: Path) -> Path:
+    body = "import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'pass'], check=True)\nreturn np.zeros(len(X), dtype=np.int64)"
+    folder.mkdir(parents=True, exist_ok=True)
+    return bp.write_zip(folder / "spawner.zip", bp.members(**{"__init__.py": bp.numpy_model(body=body)}))
+
+
+def test_market_decides_whether_models_may_start_processes(tmp_path, lw_json):
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    zip_path = _spawning_zip(tmp_path / "spawner")
+    code, doc = lw_json("submit", zip_path, "--market", market.root)
+    assert code == EXIT_REJECTED and doc["check"] == "model-predict" and "PermissionError" in doc["message"], doc
+    _set_limits(market, model_processes=True)
+    code, doc = lw_json("submit", zip_path, "--market", market.root)
+    assert code == 0, doc
+
+
+@pytest.mark.parametrize("limits", [{"sandbox": "off"}, {"model_processes": "yes"}, {"model_max_tasks": 0}])
+def test_bad_sandbox_settings_are_a_market_error(tmp_path, lw_json, limits):
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    _set_limits(market, **limits)
+    code, doc = lw_json("submit", bp.good_numpy_zip(tmp_path / "good"), "--market", market.root)
+    assert code == 5 and next(iter(limits)) in doc["message"], doc
+
+
+def test_optional_market_accepts_without_sandbox_and_warns(tmp_path, no_sandbox_here, lw):
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    _set_limits(market, sandbox="optional")
+    code, out, err = lw("submit", bp.good_numpy_zip(tmp_path / "good"), "--market", market.root)
+    assert code == 0, err
+    assert "WITHOUT the sandbox" in err
+
+
+def test_busy_machine_leaves_packages_unjudged_not_rejected(tmp_path, monkeypatch, lw_json):
+    """A batch on a starved machine: the starved package is 'not judged' (exit 5), the others are stored."""
+    from learnware_cli.market import worker as worker_module
+
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    slow_zip = bp.write_zip(slow / "slow.zip", bp.members(**{"__init__.py": bp.numpy_model(body="import time\ntime.sleep(60)")}))
+    good_zip = bp.good_numpy_zip(tmp_path / "good")
+    clock = {}
+
+    def starved(pid):  # every second of wall time was spent waiting for a CPU, from the first call on
+        return time.monotonic() - clock.setdefault(pid, time.monotonic())
+
+    monkeypatch.setattr(worker_module, "machine_wait_seconds", starved)
+    code, doc = lw_json("submit", good_zip, slow_zip, "--market", market.root, "--timeout", "1", "--jobs", "1")
+    assert code == 5, doc
+    assert [o["package"] for o in doc["not_judged"]] == [str(slow_zip)] and doc["not_judged"][0]["check"] == "busy"
+    assert len(doc["accepted"]) == 1 and doc["rejected"] == []
+
+
+def test_real_load_does_not_time_out_a_good_model(tmp_path):
+    """Four busy loops per core: a model needing 1.5 s of CPU under a 2 s limit still answers.
+
+    It gets about a fifth of a core here (~7 s of wall time): without the
+    run-queue discount it would time out.
+    """
+    work = "import time\nend = time.process_time() + 1.5\nwhile time.process_time() < end: pass"
+    package_dir = probe_package(tmp_path / "cpu", {"work": work})
+    # each in its own session: the kernel shares CPU between sessions (autogroups), as between users
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True) for _ in range(4 * (os.cpu_count() or 1))]
+    try:
+        with ModelWorker(package_dir, timeout=2.0, load_timeout=120, busy_factor=20) as worker:
+            started = time.monotonic()
+            try:
+                answer = worker.predict(np.zeros((2, bp.DIM)))
+            except MarketBusyError:
+                pytest.skip("the machine was starved beyond 20x: nothing to learn here")
+            elapsed = time.monotonic() - started
+        assert answer[0] == 1
+        if elapsed < 2.0:
+            pytest.skip(f"the load did not slow the model down here ({elapsed:.2f} s)")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

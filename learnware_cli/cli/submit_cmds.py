@@ -8,9 +8,9 @@ from typing import List, Optional
 import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
-from learnware_cli.cli.output import Output
+from learnware_cli.cli.output import Output, safe
 from learnware_cli.market.store import DEFAULT_MARKET_ENV
-from learnware_cli.errors import EXIT_REJECTED
+from learnware_cli.errors import EXIT_MARKET, EXIT_REJECTED
 
 
 def _read_semantic(path: Path) -> dict:
@@ -134,7 +134,8 @@ def submit(
     Example: lw submit store7.zip --market ./market --json
     """
     from learnware_cli.errors import RejectedError
-    from learnware_cli.market.submit import submit_packages
+    from learnware_cli.market.submit import BUSY_CHECK, submit_packages
+    from learnware_cli.market.worker import MarketBusyError
 
     output = Output(json_output)
     opened = open_market(market)
@@ -145,23 +146,35 @@ def submit(
             allow_breaking=allow_breaking,
             progress=lambda done, total, what: update_bar(done, total, f"checking {what}"),
         )
-    rejected = [o for o in outcomes if not o.accepted]
+    rejected = [o for o in outcomes if not o.accepted and o.check != BUSY_CHECK]
+    busy = [o for o in outcomes if not o.accepted and o.check == BUSY_CHECK]
+    if len(outcomes) == 1 and busy:
+        raise MarketBusyError(f"{Path(busy[0].package).name}: {busy[0].reason}")
     if len(outcomes) == 1 and rejected:
         raise RejectedError(rejected[0].check, f"{Path(rejected[0].package).name}: {rejected[0].reason}")
 
     def human(console):
         for o in outcomes:
             if o.accepted:
-                console.print(f"[green]accepted[/] {o.package} -> id {o.id} version {o.version} ({o.name})")
+                console.print(f"[green]accepted[/] {safe(o.package)} -> id {o.id} version {o.version} ({safe(o.name)})", highlight=False)
+            elif o.check == BUSY_CHECK:
+                console.print(f"[yellow]not judged[/] {safe(o.package)}: {safe(o.reason)}", highlight=False)
             else:
-                console.print(f"[red]rejected[/] {o.package}: {o.check}: {o.reason}", highlight=False)
+                console.print(f"[red]rejected[/] {safe(o.package)}: {safe(o.check)}: {safe(o.reason)}", highlight=False)
         if len(outcomes) > 1:
-            console.print(f"{len(outcomes) - len(rejected)} accepted, {len(rejected)} rejected")
+            console.print(f"{len(outcomes) - len(rejected) - len(busy)} accepted, {len(rejected)} rejected" + (f", {len(busy)} not judged (machine too busy: submit them again)" if busy else ""))
 
-    data = {"ok": not rejected, "accepted": [o.to_dict() for o in outcomes if o.accepted], "rejected": [o.to_dict() for o in rejected]}
+    data = {
+        "ok": not rejected and not busy,
+        "accepted": [o.to_dict() for o in outcomes if o.accepted],
+        "rejected": [o.to_dict() for o in rejected],
+        "not_judged": [o.to_dict() for o in busy],
+    }
     if len(outcomes) == 1:
         data.update(outcomes[0].to_dict())
     output.emit(data, human)
+    if busy:
+        raise typer.Exit(EXIT_MARKET)
     if rejected:
         raise typer.Exit(EXIT_REJECTED)
 

@@ -317,7 +317,7 @@ def _check_flood(worker: ModelWorker, check: str, cap: int) -> None:
         _reject(check, f"model wrote {worker.output_bytes} bytes to stdout/stderr, the limit is {cap}")
 
 
-def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap) -> None:
+def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap, worker_options) -> None:
     from learnware_cli.rkme import herd
 
     worker = ModelWorker(
@@ -327,6 +327,7 @@ def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout
         memory_mb=memory_mb,
         output_cap_bytes=output_cap,
         copy_package=False,  # already a private extraction
+        **(worker_options or {}),
     )
     try:
         with _timed(report, "model-load"):
@@ -378,6 +379,7 @@ def check_package(
     check_limits: Optional[CheckLimits] = None,
     update_of: Optional[dict] = None,
     allow_breaking: bool = False,
+    worker_options: Optional[dict] = None,
 ) -> CheckReport:
     """Run every check on a submitted zip; RejectedError(check, reason) at the first failure.
 
@@ -390,6 +392,7 @@ def check_package(
     sizes this process may allocate from. update_of: the semantic spec of
     the learnware this package is a new version of (runs the 'update'
     check); allow_breaking lets that version change Data, Task or widths.
+    worker_options: further ModelWorker settings (sandbox mode, processes).
     """
     limits = limits or pkg.PackageLimits()
     check_limits = check_limits or CheckLimits()
@@ -424,5 +427,5 @@ def check_package(
         report.warnings.append("no requirements.txt or environment.yaml: dependencies unknown")
     with tempfile.TemporaryDirectory(prefix="lw-check-") as tmp:
         package_dir = pkg.extract_package(zip_path, Path(tmp) / "package", limits)
-        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap_bytes)
+        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap_bytes, worker_options)
     return report

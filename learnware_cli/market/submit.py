@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from learnware_cli.errors import EXIT_MARKET, InputError, LwError, MarketError, RejectedError
+from learnware_cli.market.worker import MarketBusyError
 from learnware_cli.market.store import Market, NewVersion
 
 
@@ -114,6 +115,7 @@ def check_for_market(
 ):
     """Run every submission check with the market's kernel and limits -> CheckReport (or RejectedError)."""
     from learnware_cli.market.checks import check_package
+    from learnware_cli.market.worker import worker_options
 
     return check_package(
         zip_path,
@@ -127,10 +129,14 @@ def check_for_market(
         check_limits=check_limits_for(market),
         update_of=update_of,
         allow_breaking=allow_breaking,
+        worker_options=worker_options(market.limits, str(market.root / "market.json")),
     )
 
 
 # --------------------------------------------------------------------------- one package
+
+
+BUSY_CHECK = "busy"  # the outcome of a package the market was too busy to judge (retry it)
 
 
 def _rejected(zip_path: Path, check: str, reason: str) -> SubmitOutcome:
@@ -187,6 +193,8 @@ def _check_one(market: Market, zip_path: Path, folder: Path, options: _Options) 
         return _accept(market, zip_path, folder, options)
     except RejectedError as exc:
         return _rejected(zip_path, exc.check, exc.reason)
+    except MarketBusyError as exc:  # not judged: the machine, not the package, ran out of time
+        return _rejected(zip_path, BUSY_CHECK, exc.message)
     except Exception as exc:  # a bug: report it for this package, store the good ones
         if isinstance(exc, LwError) and exc.exit_code == EXIT_MARKET:
             raise

@@ -594,6 +594,29 @@ def _clean_sandbox(report) -> dict:
     return clean
 
 
+def worker_options(limits: dict, where: str = "market.json") -> dict:
+    """The ModelWorker settings a market's limits choose (besides time and memory).
+
+    ``sandbox``: "required" (default: no sandbox, no model) or "optional"
+    (run under resource limits only where the OS offers no sandbox, saying
+    so once); ``model_processes``: let models start processes (default
+    false); ``model_max_tasks``: RLIMIT_NPROC of a model (threads count).
+    A bad value is the market's problem (MarketError, exit 5).
+    """
+    from learnware_cli.errors import MarketError
+
+    mode = limits.get("sandbox", "required")
+    processes = limits.get("model_processes", False)
+    tasks = limits.get("model_max_tasks", 64)
+    if mode not in ("required", "optional"):
+        raise MarketError(f'{where}: limits.sandbox must be "required" or "optional", got {mode!r}')
+    if not isinstance(processes, bool):
+        raise MarketError(f"{where}: limits.model_processes must be true or false, got {processes!r}")
+    if not isinstance(tasks, int) or isinstance(tasks, bool) or not 1 <= tasks <= 65536:
+        raise MarketError(f"{where}: limits.model_max_tasks must be an integer 1 .. 65536, got {tasks!r}")
+    return {"sandbox": mode, "allow_processes": processes, "max_tasks": tasks}
+
+
 def run_model(package_dir, x, timeout: float = 60.0, memory_mb: int = 4096, method: str = "predict") -> np.ndarray:
     """Load a package's model in a worker, run predict (or predict_proba) on x, stop the worker."""
     with ModelWorker(package_dir, timeout=timeout, memory_mb=memory_mb) as worker:

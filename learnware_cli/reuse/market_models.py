@@ -217,7 +217,7 @@ def _verified_copy(plan: _Planned, own: Path) -> Path:
     return copy
 
 
-def _start(plan: _Planned, scratch: Path, timeout: float, memory_mb: int) -> tuple[object, ReusableLearnware]:
+def _start(plan: _Planned, scratch: Path, settings: dict) -> tuple[object, ReusableLearnware]:
     """Verify and extract the package, start its worker, wrap it. Raises LwError on any failure."""
     from learnware_cli.market.package import extract_package
     from learnware_cli.market.worker import ModelWorker
@@ -228,7 +228,7 @@ def _start(plan: _Planned, scratch: Path, timeout: float, memory_mb: int) -> tup
     own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
     package = extract_package(_verified_copy(plan, own), own / "package")
     # copy_package=False: this extraction is private to the worker already
-    worker = ModelWorker(package, timeout=timeout, memory_mb=memory_mb, copy_package=False)
+    worker = ModelWorker(package, copy_package=False, **settings)
     try:
         model = WorkerModel(worker, worker.start(), task, output_dim)
         n_classes = output_dim if task == CLASSIFICATION else None
@@ -238,14 +238,14 @@ def _start(plan: _Planned, scratch: Path, timeout: float, memory_mb: int) -> tup
         raise
 
 
-def _start_all(planned: list[_Planned], scratch: Path, timeout: float, memory_mb: int) -> list[Future]:
+def _start_all(planned: list[_Planned], scratch: Path, settings: dict) -> list[Future]:
     """Start every worker (a few at a time) and wait for all; futures in plan order.
 
     If we are interrupted while waiting, each worker that still comes up is
     closed as soon as it does, so no model process outlives us.
     """
     pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STARTS, len(planned)))
-    futures = [pool.submit(_start, plan, scratch, timeout, memory_mb) for plan in planned]
+    futures = [pool.submit(_start, plan, scratch, settings) for plan in planned]
     try:
         wait(futures)
     except BaseException:
@@ -281,11 +281,14 @@ def open_learnwares(
         raise InputError("no learnwares to reuse")
     timeout = float(timeout if timeout is not None else market.model_timeout_s)
     memory_mb = int(memory_mb if memory_mb is not None else market.model_memory_mb)
+    from learnware_cli.market.worker import worker_options
+
+    settings = dict(worker_options(market.limits, str(market.root / "market.json")), timeout=timeout, memory_mb=memory_mb)
     planned = _plan(market, refs, input_dim)
     loaded = LoadedLearnwares()
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-reuse-")))
-        futures = _start_all(planned, scratch, timeout, memory_mb)
+        futures = _start_all(planned, scratch, settings)
         started = [f.result() if f.exception() is None else None for f in futures]
         for pair in started:
             if pair is not None:
