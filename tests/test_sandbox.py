@@ -218,6 +218,27 @@ def test_model_cannot_start_processes(tmp_path):
     assert not any(worked.values()), {k: v for k, v in worked.items() if v}
 
 
+def test_model_cannot_use_kernel_escape_hatches(tmp_path):
+    """ptrace, new namespaces, mounts, io_uring, bpf: refused by the filter (and no capabilities)."""
+    libc = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); libc.syscall.restype = ctypes.c_long\n"
+    attacks = {
+        "ptrace pid 1": libc + "assert libc.ptrace(16, 1, 0, 0) == 0",
+        "new user namespace": libc + "assert libc.unshare(0x10000000) == 0",
+        "new mount namespace": libc + "assert libc.unshare(0x00020000) == 0",
+        "mount tmpfs": libc + "assert libc.mount(b'none', b'/tmp', b'tmpfs', 0, None) == 0",
+        "io_uring": libc + "params = ctypes.create_string_buffer(120)\nassert libc.syscall(425, 4, params) >= 0",
+        "bpf": libc + "attr = ctypes.create_string_buffer(128)\nassert libc.syscall(321 if __import__('platform').machine() == 'x86_64' else 280, 0, attr, 128) >= 0",
+    }
+    worked = run_attacks(tmp_path, attacks)
+    assert not any(worked.values()), {k: v for k, v in worked.items() if v}
+
+
+def test_files_in_its_temp_folder_are_capped(tmp_path):
+    attacks = {"write 8 MiB": "import os, tempfile\nwith open(os.path.join(tempfile.gettempdir(), 'big'), 'wb') as fh: fh.write(b'x' * (8 << 20))"}
+    worked = run_attacks(tmp_path, attacks, file_cap_bytes=4 << 20, output_cap_bytes=1 << 20)
+    assert worked == {"write 8 MiB": 0}
+
+
 def _processes_with(text: str) -> list:
     """Pids whose command line or environment mentions text (our workers carry their temp paths)."""
     found = []
