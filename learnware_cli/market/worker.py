@@ -504,22 +504,30 @@ class ModelWorker:
         raise WorkerError("bad-output", f"worker broke the protocol during {op}: {what}")
 
 
+def _task_files(pid: int, name: str) -> list:
+    """The text of /proc/PID/task/*/NAME for every thread of pid (threads that vanish are skipped)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    texts = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/{name}") as fh:
+                texts.append(fh.read())
+        except OSError:
+            pass
+    return texts
+
+
 def _tree_pids(root: int, limit: int = 4096) -> list:
     """root and its descendants, from /proc/PID/task/TID/children (Linux); [root] elsewhere."""
     found, queue = [], [root]
     while queue and len(found) < limit:
         pid = queue.pop()
         found.append(pid)
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                    queue.extend(int(c) for c in fh.read().split())
-            except (OSError, ValueError):
-                pass
+        for text in _task_files(pid, "children"):
+            queue.extend(int(c) for c in text.split() if c.isdigit())
     return found
 
 
@@ -530,16 +538,10 @@ def machine_wait_seconds(root: int) -> float:
     """
     total = 0
     for pid in _tree_pids(root):
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
-                    total += int(fh.read().split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
+        for text in _task_files(pid, "schedstat"):
+            fields = text.split()
+            if len(fields) > 1 and fields[1].isdigit():
+                total += int(fields[1])
     return total / 1e9
 
 
