@@ -23,7 +23,7 @@ from typing import Callable, Optional, Union
 
 from learnware_cli.errors import EXIT_MARKET, InputError, LwError, MarketError, RejectedError
 from learnware_cli.market.worker import MarketBusyError
-from learnware_cli.market.store import Market, NewVersion
+from learnware_cli.market.store import Market, NewVersion, stored_record_fields
 
 
 DEFAULT_JOBS = min(4, os.cpu_count() or 1)
@@ -150,14 +150,7 @@ def _internal(zip_path: Path, exc: Exception) -> SubmitOutcome:
 
 
 def _record_fields(report, package_bytes: int, options: _Options) -> dict:
-    semantic = report.semantic
-    fields = {
-        "input_dim": report.rkme.dim,
-        "output_dim": (semantic.get("Output") or {}).get("Dimension"),
-        "task": (semantic.get("Task") or {}).get("Values", [""])[0],
-        "K": report.rkme.size,
-        "package_bytes": package_bytes,
-    }
+    fields = stored_record_fields(report.semantic, report.rkme.dim, report.rkme.size, package_bytes)
     if report.update.get("breaking_changes"):
         fields["breaking"] = True
     if options.price is not None:
