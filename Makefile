@@ -7,17 +7,28 @@ DEMO_MARKET ?= demo-market
 DEMO_WORK ?= demo-work
 export LW_JAX_CACHE ?= $(CURDIR)/.jax_cache
 
-.PHONY: install test bench demo experiment experiment-quick clean
+INSTALLED := $(VENV)/.lw-installed
+
+.PHONY: install test test-slow bench demo experiment experiment-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-install: $(BIN)/python
+# The install is editable, so code changes need no reinstall: pip runs again only when
+# pyproject.toml (the dependencies) changes.
+$(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,experiment]'
+	touch $@
 
+install: $(INSTALLED)
+
+# the default run leaves out the slow end-to-end tests; CI (.ci/run) runs both
 test: install
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 -m "not slow" tests
+
+test-slow: install
+	$(BIN)/python -m pytest -n 2 -m slow tests
 
 bench: install
 	$(BIN)/python -m learnware_cli.bench
@@ -50,6 +61,10 @@ demo: install
 	    --labeled $(DEMO_WORK)/user_labeled_X.csv $(DEMO_WORK)/user_labeled_y.csv \
 	    --method $$method --out $(DEMO_WORK)/pred-$$method.csv --evaluate $(DEMO_WORK)/user_y.csv || exit 1; \
 	done
+	@# no --method: with labels, every method is scored by cross-validation on them and the best is used (auto)
+	$(LW) reuse --market $(DEMO_MARKET) --from $(DEMO_WORK)/found.json --data $(DEMO_WORK)/user_X.csv \
+	  --labeled $(DEMO_WORK)/user_labeled_X.csv $(DEMO_WORK)/user_labeled_y.csv \
+	  --out $(DEMO_WORK)/pred-auto.csv --evaluate $(DEMO_WORK)/user_y.csv
 	@echo "demo finished: market in $(DEMO_MARKET), files in $(DEMO_WORK)"
 
 experiment: install
@@ -59,4 +74,4 @@ experiment-quick: install
 	$(BIN)/python -m learnware_cli.experiment.run --out experiment-out --quick
 
 clean:
-	rm -rf $(DEMO_MARKET) $(DEMO_WORK) .jax_cache .pytest_cache
+	rm -rf $(DEMO_MARKET) $(DEMO_WORK) .jax_cache .pytest_cache $(INSTALLED)

@@ -7,8 +7,11 @@ helps, the line and column.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +112,62 @@ def read_table(path) -> np.ndarray:
     return arr
 
 
+@dataclass(frozen=True)
+class Matrix:
+    """A table read from a file, and what reading it had to repair.
+
+    values: float64 (n, d). replaced: how many cells were missing (empty,
+    ``nan``, ``NA``) or infinite; with ``fill=True`` they now hold their
+    column's mean (the repair the RKME fit makes), else they are as read.
+    """
+
+    values: np.ndarray
+    replaced: int
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+
+def nonfinite_cells(arr) -> int:
+    """How many cells of a numeric array are NaN or infinite."""
+    return int(np.count_nonzero(~np.isfinite(np.asarray(arr, dtype=np.float64))))
+
+
+def fill_column_means(arr: np.ndarray, source: str = "data") -> tuple[np.ndarray, int]:
+    """(copy of arr with NaN/inf cells replaced by their column's finite mean, how many were replaced).
+
+    InputError if a column has no finite value at all.
+    """
+    x = np.array(arr, dtype=np.float64)
+    bad = ~np.isfinite(x)
+    count = int(np.count_nonzero(bad))
+    if count:
+        finite = (~bad).sum(axis=0)
+        empty = np.flatnonzero(finite == 0)
+        if empty.size:
+            raise InputError(f"{source}: column {int(empty[0])} has no finite value (all missing or infinite)")
+        means = np.where(bad, 0.0, x).sum(axis=0) / finite
+        x = np.where(bad, means[None, :], x)
+    return x, count
+
+
+def read_matrix(path, fill: bool = False) -> Matrix:
+    """``read_table`` that also says how many cells were missing or infinite (``Matrix.replaced``).
+
+    fill=True replaces them by their column's mean here (as ``lw spec`` and
+    the RKME fit do); otherwise they are returned as read (NaN, ±inf).
+    """
+    path = Path(path)
+    arr = read_table(path)
+    if fill:
+        arr, count = fill_column_means(arr, str(path))
+    else:
+        count = nonfinite_cells(arr)
+    return Matrix(arr, count, path)
+
+
 def read_vector(path) -> np.ndarray:
     """A label/target file: one column -> (n,); several columns -> (n, d)."""
     arr = read_table(path)
@@ -131,6 +190,58 @@ def as_matrix(X, numeric: bool = False) -> np.ndarray:
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise InputError(f"data is empty (shape {X.shape})")
     return X
+
+
+def check_output_path(path) -> Path:
+    """Refuse, before any work, an output file that cannot be written; returns it as a Path.
+
+    A folder, a path under a file, or a folder without write permission is an
+    InputError (exit 2). A read-only file system is the OSError the write
+    would raise (the CLI reports it in one line, exit 5). Folders that do not
+    exist yet are fine: the writer creates them.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name to write")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{path}: cannot write this file (permission denied)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{path}: {parent} is not a folder")
+    if _read_only(parent):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot create files in {parent} (permission denied)")
+    return path
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the write itself will say
+        return False
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write a text file whole or not at all (temp file + rename), creating parent folders.
+
+    An OSError (full disk, read-only file system) leaves no partial file; the
+    CLI reports it in one line, exit 5.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:  # name the file the user asked for, not the temp file (a failed write() names none)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_table(path, arr) -> None:

@@ -15,14 +15,29 @@ EXIT_MARKET = 5
 
 
 class LwError(Exception):
-    """Base class: a message fit for one line, and an exit code."""
+    """Base class: a message fit for one line, and an exit code.
+
+    ``extra``: fields a command adds to the ``--json`` error document (besides
+    ok, error and message), so that a failing command can keep its own shape.
+    """
 
     exit_code = EXIT_USAGE
     kind = "error"
+    extra: dict | None = None
 
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+    def with_extra(self, **fields) -> "LwError":
+        self.extra = {**(self.extra or {}), **fields}
+        return self
+
+
+class UsageError(LwError):
+    """The command line itself is wrong: an unknown option, a missing argument, a flag value out of range."""
+
+    kind = "usage"
 
 
 class InputError(LwError):

@@ -37,6 +37,7 @@ def test_cached_model_serves_stored_outputs_and_refuses_unknown_rows():
 
 
 @needs_data
+@pytest.mark.slow
 def test_quick_experiment_writes_complete_results(tmp_path):
     from learnware_cli.experiment.run import METHOD_LABELS, QUICK
 

@@ -220,9 +220,9 @@ def test_update_must_keep_task_and_widths_unless_allowed(corpus, market, lw_json
     assert _snapshot(market.root) == before
 
     code, doc = lw_json("submit", classifier, "--market", market.root, "--update", "00000001", "--allow-breaking")
-    assert code == 0 and doc["version"] == 2 and doc["record"]["breaking"] is True, doc
+    assert code == 0 and doc["results"][0]["version"] == 2 and doc["results"][0]["record"]["breaking"] is True, doc
     code, doc = lw_json("submit", build(corpus, "classifier-v3"), "--market", market.root, "--update", "00000001")
-    assert code == 0 and doc["version"] == 3 and "breaking" not in doc["record"], doc
+    assert code == 0 and doc["results"][0]["version"] == 3 and "breaking" not in doc["results"][0]["record"], doc
     assert lw_json("submit", classifier, "--market", market.root, "--allow-breaking")[0] == EXIT_USAGE
 
 
@@ -247,6 +247,7 @@ def test_the_stored_zip_is_the_checked_zip_even_if_the_file_is_swapped(corpus, m
     monkeypatch.setattr(checks, "check_spec", swapping_check_spec)
     code, doc = lw_json("submit", user_zip, "--market", market.root)
     assert code == 0, doc
+    doc = doc["results"][0]
     stored = (market.path(doc["record"]["path"]) / "package.zip").read_bytes()
     assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(checked).hexdigest() == doc["record"]["checksum"]
     assert doc["record"]["package_bytes"] == len(checked)

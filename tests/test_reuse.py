@@ -28,6 +28,7 @@ from learnware_cli.reuse import (
     UserEnsembleReuser,
     evaluate,
     needs_labels,
+    uses_labels,
 )
 from learnware_cli.rkme import fit_rkme
 
@@ -186,8 +187,8 @@ def test_job_selector_follows_the_user_mixture_weights(specs, linear_lws):
     user_spec = fit_rkme(X, k=20)
     reuser = JobSelectorReuser(linear_lws, user_spec=user_spec, herd_rows=600, min_herd_rows=40).fit()
     # The user has no region-2 rows, so region 2 gets only the floor of herded rows.
-    assert reuser.herd_counts_[2] == 40
-    assert min(reuser.herd_counts_[:2]) > 200
+    assert reuser.herd_counts_["lin2"] == 40
+    assert min(reuser.herd_counts_["lin0"], reuser.herd_counts_["lin1"]) > 200
     assert mse(y, reuser.predict(X)) < 1.0
 
 
@@ -216,7 +217,7 @@ def test_feature_augment_and_user_ensemble_beat_a_model_on_the_labels_alone(hard
     assert mse(y_test, fa.predict(X_test)) < 0.3 * best_alone
     assert mse(y_test, ue.predict(X_test)) < 0.3 * best_alone
     # The validation split puts most weight on the learnware that knows region 0.
-    assert ue.component_ids_ == ["hard0", "hard1", "user-model"]
+    assert ue.used_ids_ == ["hard0", "hard1"] and len(ue.weights_) == 3  # then the user model's weight
     assert ue.weights_[0] > 0.5
 
 
@@ -255,31 +256,31 @@ def _fixed_lws(hide_c=False, weights=(1.0, 1.0, 1.0)):
 def test_averaging_classification_uses_probabilities_when_all_have_them():
     X = np.zeros((4, D))
     # Mean probabilities (0.567, 0.433) pick class 0 although two of three models say 1.
-    pred = AveragingReuser(_fixed_lws()).predict(X)
+    pred = AveragingReuser(_fixed_lws()).fit().predict(X)
     np.testing.assert_array_equal(pred, [0, 0, 0, 0])
     assert pred.dtype.kind == "i"
 
 
 def test_averaging_classification_falls_back_to_a_vote_without_probabilities():
     X = np.zeros((4, D))
-    reuser = AveragingReuser(_fixed_lws(hide_c=True))
+    reuser = AveragingReuser(_fixed_lws(hide_c=True)).fit()
     np.testing.assert_array_equal(reuser.predict(X), [1, 1, 1, 1])  # 2 votes to 1
     assert reuser.failures_ == []  # a model without predict_proba is not a failure
     declared = _fixed_lws()
     declared[2].model = WorkerLike([0.4, 0.6])
-    reuser = AveragingReuser(declared)
+    reuser = AveragingReuser(declared).fit()
     np.testing.assert_array_equal(reuser.predict(X), [1, 1, 1, 1])
     assert reuser.failures_ == []
-    weighted = AveragingReuser(_fixed_lws(hide_c=True, weights=(3.0, 1.0, 1.0)), use_weights=True)
+    weighted = AveragingReuser(_fixed_lws(hide_c=True, weights=(3.0, 1.0, 1.0)), use_weights=True).fit()
     np.testing.assert_array_equal(weighted.predict(X), [0, 0, 0, 0])  # 3 against 2
 
 
 def test_averaging_regression_is_the_weighted_mean(linear_lws):
     X, _ = two_region_user(linear_target, 20, seed=400)
     outs = np.stack([lw.model.predict(X) for lw in linear_lws])
-    np.testing.assert_allclose(AveragingReuser(linear_lws).predict(X), outs.mean(axis=0))
+    np.testing.assert_allclose(AveragingReuser(linear_lws).fit().predict(X), outs.mean(axis=0))
     lws = [ReusableLearnware(lw.id, lw.model, lw.spec, lw.task, None, w) for lw, w in zip(linear_lws, (1, 3, 0))]
-    np.testing.assert_allclose(AveragingReuser(lws, use_weights=True).predict(X), 0.25 * outs[0] + 0.75 * outs[1])
+    np.testing.assert_allclose(AveragingReuser(lws, use_weights=True).fit().predict(X), 0.25 * outs[0] + 0.75 * outs[1])
 
 
 # -- ensemble pruning -----------------------------------------------------------
@@ -296,9 +297,9 @@ def test_ensemble_pruning_drops_a_pure_noise_learnware(specs, linear_lws):
     ]
     X_lab, X_test = region(0, 100, seed=502), region(0, 1000, seed=503)
     reuser = EnsemblePruningReuser(lws).fit(X_lab, linear_target(0, X_lab))
-    assert "noise" not in reuser.selected_ids_
+    assert "noise" not in reuser.used_ids_
     pruned = mse(linear_target(0, X_test), reuser.predict(X_test))
-    everything = mse(linear_target(0, X_test), AveragingReuser(lws).predict(X_test))
+    everything = mse(linear_target(0, X_test), AveragingReuser(lws).fit().predict(X_test))
     assert pruned < 0.05 * everything
 
 
@@ -308,7 +309,7 @@ def test_ensemble_pruning_drops_a_noise_classifier_and_searches_greedily_beyond_
     y_lab = class_rule(0, X_lab)
     for limit in (10, 1):  # exhaustive, then greedy forward selection
         reuser = EnsemblePruningReuser(lws, max_exhaustive=limit).fit(X_lab, y_lab)
-        assert reuser.selected_ids_ == ["clf0"]
+        assert reuser.used_ids_ == ["clf0"]
 
 
 # -- failures -------------------------------------------------------------------
@@ -316,7 +317,7 @@ def test_ensemble_pruning_drops_a_noise_classifier_and_searches_greedily_beyond_
 
 def _fit_predict(method: str, lws, X, y, **params):
     reuser = METHODS[method](lws, **params)
-    reuser.fit(X, y) if needs_labels(method) else reuser.fit()
+    reuser.fit(X, y) if uses_labels(method) else reuser.fit()
     return reuser, reuser.predict(X)
 
 
@@ -349,11 +350,12 @@ def test_a_learnware_failing_mid_prediction_is_dropped_from_every_row(class_lws)
     flaky = ReusableLearnware("flaky", Broken(class_lws[1].model, ok_calls=1), None, "Classification", 3)
     X = region(0, 230, seed=620)
     seen = []
-    reuser = AveragingReuser([class_lws[0], flaky], batch_size=50, progress=lambda *report: seen.append(report))
+    reuser = AveragingReuser([class_lws[0], flaky], batch_size=50, progress=lambda *report: seen.append(report)).fit()
     pred = reuser.predict(X)
     # Its first batch was answered, but a half-averaged result would be inconsistent: all rows come from clf0.
     np.testing.assert_array_equal(pred, class_lws[0].model.predict(X))
     assert reuser.failures_ == [("flaky", "RuntimeError: worker timed out")]
+    assert reuser.used_ids_ == ["clf0"]
     assert seen == [(50, 230), (100, 230), (150, 230), (200, 230), (230, 230)]
 
 
@@ -361,8 +363,9 @@ def test_a_learnware_failing_mid_prediction_is_dropped_from_every_row(class_lws)
 
 
 def test_registry_and_evaluate():
-    assert set(METHODS) == {"single", "average", "job-selector", "ensemble-pruning", "feature-augment", "user-ensemble"}
+    assert set(METHODS) == {"single", "average", "job-selector", "ensemble-pruning", "feature-augment", "user-ensemble", "auto"}
     assert [m for m in METHODS if needs_labels(m)] == ["ensemble-pruning", "feature-augment", "user-ensemble"]
+    assert [m for m in METHODS if uses_labels(m)] == ["ensemble-pruning", "feature-augment", "user-ensemble", "auto"]
     with pytest.raises(InputError):
         needs_labels("nope")
     assert evaluate("Classification", [0, 1, 1, 2], [0, 1, 2, 2]) == ("accuracy", 0.75)
@@ -378,3 +381,161 @@ def test_bad_inputs_are_input_errors(linear_lws, class_lws):
         FeatureAugmentReuser(linear_lws).fit(np.zeros((5, D)), None)  # labels needed
     with pytest.raises(InputError):
         ReusableLearnware("x", None, None, "clustering")
+
+
+def test_a_weight_must_be_finite_and_not_negative():
+    for bad in (-0.1, float("nan"), float("inf"), "heavy"):
+        with pytest.raises(InputError, match="weight"):
+            ReusableLearnware("x", None, None, "Regression", weight=bad)
+
+
+# -- one fitted state: used_ids_, and no prediction before fit -----------------
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_predict_before_fit_is_not_fitted_error(method, linear_lws):
+    from sklearn.exceptions import NotFittedError
+
+    calls = Broken(linear_lws[0].model, ok_calls=10**6)
+    lws = [ReusableLearnware("lin0", calls, linear_lws[0].spec, "Regression"), linear_lws[1]]
+    with pytest.raises(NotFittedError):
+        METHODS[method](lws).predict(region(0, 10, seed=700))
+    assert calls.calls == 0  # it did not fit itself, nor call a model
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_reuser_names_what_it_used_in_used_ids(method, linear_lws):
+    X, y = two_region_user(linear_target, 40, seed=710)
+    reuser = METHODS[method](linear_lws)
+    reuser.fit(X, y) if uses_labels(method) else reuser.fit()
+    after_fit = list(reuser.used_ids_)
+    assert after_fit and set(after_fit) <= {"lin0", "lin1", "lin2"}, after_fit
+    reuser.predict(X)
+    assert reuser.used_ids_ and set(reuser.used_ids_) <= set(after_fit)
+    assert all(isinstance(i, str) for i in reuser.used_ids_)
+    for old in ("used_", "selected_ids_", "component_ids_", "route_ids_", "routes_", "components_", "selected_"):
+        assert not hasattr(reuser, old), old
+    assert "Attributes" in type(reuser).__doc__ and "used_ids_" in type(reuser).__doc__
+
+
+def test_used_ids_follow_the_fallbacks(linear_lws):
+    X, _ = two_region_user(linear_target, 20, seed=720)
+    broken = ReusableLearnware("broken", Broken(), linear_lws[1].spec, "Regression")
+    single = SingleReuser([broken, linear_lws[0]]).fit()
+    assert single.used_ids_ == ["broken"]
+    single.predict(X)
+    assert single.used_ids_ == ["lin0"]
+    average = AveragingReuser([linear_lws[0], broken, linear_lws[2]]).fit()
+    assert average.used_ids_ == ["lin0", "broken", "lin2"]
+    average.predict(X)
+    assert average.used_ids_ == ["lin0", "lin2"]
+
+
+def test_a_failed_refit_leaves_the_reuser_unfitted(linear_lws, class_lws):
+    from sklearn.exceptions import NotFittedError
+
+    reuser = AveragingReuser(linear_lws).fit()
+    reuser.learnwares = [linear_lws[0], class_lws[0]]  # mixed tasks
+    with pytest.raises(InputError):
+        reuser.fit()
+    with pytest.raises(NotFittedError):
+        reuser.predict(np.zeros((2, D)))
+
+
+# -- mixture weights: weight 0 means "not part of the mixture" ------------------
+
+
+def _with_weights(lws, weights):
+    return [ReusableLearnware(lw.id, lw.model, lw.spec, lw.task, lw.n_classes, w) for lw, w in zip(lws, weights)]
+
+
+def test_single_skips_a_zero_weight_top_learnware(linear_lws):
+    X, _ = two_region_user(linear_target, 20, seed=730)
+    counted = Broken(linear_lws[0].model, ok_calls=10**6)
+    lws = _with_weights([ReusableLearnware("lin0", counted, None, "Regression"), linear_lws[1]], (0.0, 1.0))
+    reuser = SingleReuser(lws).fit()
+    np.testing.assert_allclose(reuser.predict(X), linear_lws[1].model.predict(X))
+    assert reuser.used_ids_ == ["lin1"] and counted.calls == 0
+    # every weight 0 says nothing: the ranking decides again
+    assert SingleReuser(_with_weights(linear_lws, (0, 0, 0))).fit().used_ids_ == ["lin0"]
+
+
+def test_average_gives_a_zero_weight_learnware_no_share(linear_lws):
+    X, _ = two_region_user(linear_target, 20, seed=740)
+    outs = [lw.model.predict(X) for lw in linear_lws]
+    lws = _with_weights(linear_lws, (0.5, 0.0, 0.5))
+    for use_weights in (False, True):
+        reuser = AveragingReuser(lws, use_weights=use_weights).fit()
+        np.testing.assert_allclose(reuser.predict(X), (outs[0] + outs[2]) / 2)
+        assert reuser.used_ids_ == ["lin0", "lin2"]
+
+
+def test_job_selector_routes_no_rows_to_a_zero_weight_learnware(linear_lws):
+    X, y = two_region_user(linear_target, 100, seed=750)
+    # lin1 knows the region of half the rows, but the mixture gave it weight 0: the reuser must respect that
+    reuser = JobSelectorReuser(_with_weights(linear_lws, (0.7, 0.0, 0.3))).fit()
+    assert set(reuser.herd_counts_) == {"lin0", "lin2"}
+    assert not np.isin(reuser.route(X), [1]).any()
+    reuser.predict(X)
+    assert "lin1" not in reuser.used_ids_
+
+
+@pytest.mark.parametrize("method", ["ensemble-pruning", "feature-augment", "user-ensemble", "auto"])
+def test_label_methods_leave_zero_weight_learnwares_out(method, linear_lws):
+    X, y = two_region_user(linear_target, 40, seed=760)
+    reuser = METHODS[method](_with_weights(linear_lws, (1.0, 0.0, 1.0))).fit(X, y)
+    reuser.predict(X)
+    assert "lin1" not in reuser.used_ids_
+
+
+# -- classifiers with different numbers of classes ------------------------------
+
+
+class ThreeWay:
+    """A perfect 3-class model of region 0's rule."""
+
+    def predict(self, X):
+        return class_rule(0, X)
+
+    def predict_proba(self, X):
+        return np.eye(3)[class_rule(0, X)]
+
+
+class TwoWay:
+    """A 2-class model (it knows another task) that is confident about class 1."""
+
+    def predict(self, X):
+        return np.ones(len(X), dtype=np.int64)
+
+    def predict_proba(self, X):
+        return np.tile([0.0, 1.0], (len(X), 1))
+
+
+def _mixed_class_counts():
+    return [
+        ReusableLearnware("three", ThreeWay(), None, "Classification", 3),
+        ReusableLearnware("two", TwoWay(), None, "Classification", 2),
+    ]
+
+
+@pytest.mark.parametrize("method", ["average", "user-ensemble"])
+def test_combiners_refuse_classifiers_with_different_class_counts(method):
+    X = region(0, 60, seed=770)
+    reuser = METHODS[method](_mixed_class_counts())
+    with pytest.raises(InputError) as info:
+        reuser.fit(X, class_rule(0, X)) if uses_labels(method) else reuser.fit()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "three: 3" in message and "two: 2" in message and method in message
+
+
+def test_other_reusers_never_mix_label_spaces():
+    X = region(0, 200, seed=780)
+    y = class_rule(0, X)
+    lws = _mixed_class_counts()
+    pruning = EnsemblePruningReuser(lws).fit(X[:100], y[:100])
+    assert pruning.used_ids_ == ["three"]  # the subset {three, two} is never formed
+    assert accuracy(y[100:], pruning.predict(X[100:])) == 1.0
+    augmented = FeatureAugmentReuser(lws).fit(X[:100], y[:100])  # each gives its own columns: fine
+    assert accuracy(y[100:], augmented.predict(X[100:])) > 0.95
+    assert accuracy(y, SingleReuser(lws).fit().predict(X)) == 1.0

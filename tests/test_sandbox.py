@@ -476,6 +476,7 @@ def test_busy_machine_leaves_packages_unjudged_not_rejected(tmp_path, monkeypatc
     assert len(doc["accepted"]) == 1 and doc["rejected"] == []
 
 
+@pytest.mark.slow
 def test_real_load_does_not_time_out_a_good_model(tmp_path):
     """Four busy loops per core: a model needing 1.5 s of CPU under a 2 s limit still answers.
 

@@ -91,8 +91,9 @@ def _fresh(corpus: Path, name: str) -> Path:
 
 def test_accepted_package_is_stored_and_listed(corpus, market, lw_json):
     code, doc = lw_json("submit", bp.good_sklearn_zip(corpus / "good"), "--market", market.root, "--notes", "first")
-    assert code == 0 and doc["ok"] and doc["id"] == "00000001" and doc["version"] == 1
-    assert doc["record"]["input_dim"] == bp.DIM and doc["record"]["notes"] == "first"
+    (stored,) = doc["results"]
+    assert code == 0 and doc["ok"] and doc["accepted"] == [stored] and stored["id"] == "00000001" and stored["version"] == 1
+    assert stored["record"]["input_dim"] == bp.DIM and stored["record"]["notes"] == "first"
     index = assert_valid_market(market.root)
     assert list(index["learnwares"]) == ["00000001"]
     code, listing = lw_json("list", "--market", market.root, "--tag", "Task=Classification")
@@ -108,7 +109,7 @@ def test_beimingwu_package_is_accepted_and_predicts(corpus, market, lw_json, tmp
 
     code, doc = lw_json("submit", bp.beimingwu_zip(corpus / "beimingwu"), "--market", market.root)
     assert code == 0, doc
-    stored = market.path(doc["record"]["path"]) / "package.zip"
+    stored = market.path(doc["results"][0]["record"]["path"]) / "package.zip"
     folder = extract_package(stored, tmp_path / "unpacked")
     x, _, _ = bp.data(7)
     with ModelWorker(folder, timeout=30) as worker:
@@ -120,7 +121,8 @@ def test_versions_update_show_and_remove(corpus, market, lw, lw_json):
     second = bp.good_sklearn_zip(corpus / "v2", task="Classification")
     assert lw_json("submit", first, "--market", market.root)[0] == 0
     code, doc = lw_json("submit", second, "--market", market.root, "--update", "00000001", "--price", "9.5")
-    assert code == 0 and doc["id"] == "00000001" and doc["version"] == 2 and doc["record"]["price"] == 9.5
+    (stored,) = doc["results"]
+    assert code == 0 and stored["id"] == "00000001" and stored["version"] == 2 and stored["record"]["price"] == 9.5
     code, versions = lw_json("versions", "00000001", "--market", market.root)
     assert [v["version"] for v in versions["versions"]] == [1, 2]
     code, shown = lw_json("show", "00000001@1", "--market", market.root)
@@ -155,17 +157,19 @@ def _submit_process(zip_path: Path, market: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_parallel_submitters_all_land(corpus, market):
     good = bp.good_numpy_zip(corpus / "parallel")
     procs = [_submit_process(good, market.root) for _ in range(8)]
     outputs = [p.communicate(timeout=240) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outputs]
-    ids = sorted(json.loads(out)["id"] for out, _ in outputs)
+    ids = sorted(json.loads(out)["results"][0]["id"] for out, _ in outputs)
     assert ids == [f"{i:08d}" for i in range(1, 9)]
     index = assert_valid_market(market.root)
     assert len(index["learnwares"]) == 8
 
 
+@pytest.mark.slow
 def test_killed_submitter_leaves_a_valid_index(corpus, market, lw_json):
     good = bp.good_numpy_zip(corpus / "killed")
     rng = random.Random(0)
@@ -198,7 +202,7 @@ def test_pack_cli_builds_a_package_the_market_accepts(tmp_path, market, lw, lw_j
     code, doc = lw_json("pack", *common, "--data", tmp_path / "X.csv", "--name", "ridge", "--task", "Regression", "--scenario", "Business")
     assert code == 0 and doc["input_dim"] == bp.DIM, doc
     code, doc = lw_json("submit", tmp_path / "pkg.zip", "--market", market.root)
-    assert code == 0 and doc["record"]["output_dim"] == 1 and doc["name"] == "ridge", doc
+    assert code == 0 and doc["results"][0]["record"]["output_dim"] == 1 and doc["results"][0]["name"] == "ridge", doc
 
     # flag mistakes are usage errors (exit 2) in one line, before any work is done
     np.savetxt(tmp_path / "narrow.csv", x[:, :2], delimiter=",")

@@ -18,7 +18,7 @@ import typer  # noqa: E402
 from learnware_cli import __version__  # noqa: E402
 from learnware_cli.cli import init_cmd, market_cmds, reuse_cmd, search_cmd, spec_cmd, submit_cmds
 from learnware_cli.cli.output import print_json, safe, stderr
-from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, MarketError, RejectedError
+from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, MarketError, RejectedError, UsageError
 
 app = typer.Typer(
     name="lw",
@@ -30,7 +30,7 @@ app = typer.Typer(
         "Example: lw init ./market && lw spec data.csv --market ./market --out spec.json"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -57,27 +57,67 @@ search_cmd.register(app)
 reuse_cmd.register(app)
 
 
-def _report_error(exc: LwError, json_mode: bool) -> None:
+def _framework_errors() -> tuple:
+    """The base classes of Typer's own errors: TyperException (Typer vendors Click), or click's (older Typer)."""
+    found = [getattr(typer, "TyperException", None)]
+    try:
+        from click.exceptions import ClickException
+    except ImportError:
+        ClickException = None
+    found.append(ClickException)
+    return tuple(cls for cls in found if cls is not None)
+
+
+_FRAMEWORK_ERRORS = _framework_errors()
+
+
+def _report_error(exc: LwError, json_mode: bool, hint: str = "") -> None:
     if json_mode:
-        payload = {"ok": False, "error": exc.kind, "message": exc.message}
+        payload = {**(exc.extra or {}), "ok": False, "error": exc.kind, "message": exc.message}
         if isinstance(exc, RejectedError):
             payload.update(check=exc.check, reason=exc.reason)
         print_json(payload)
     # messages quote paths, ids and model errors: untrusted text, kept from driving the terminal or rich markup
     stderr.print(f"[bold red]error:[/] {safe(exc.message)}", highlight=False, markup=True, soft_wrap=True)
+    if hint and not json_mode:
+        stderr.print(safe(hint), highlight=False, soft_wrap=True)
+
+
+def _usage_error(exc) -> tuple[UsageError, str]:
+    """A Typer/Click usage error (unknown option, bad value, missing argument) as lw's own, plus a help hint."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "lw"
+    message = exc.format_message()
+    return UsageError(f"{command}: {message}"), f"Try '{command} --help' for help."
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and map known exceptions to a one-line message and exit code."""
+    """Entry point: run the app and map known exceptions to a one-line message and exit code.
+
+    Typer runs non-standalone so that its usage errors reach this map too: with
+    --json they are a JSON document like every other failure, without it one
+    line and a hint on stderr (never a boxed panel).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     json_mode = "--json" in args
     try:
-        app(args=args, prog_name="lw")  # standalone: usage errors and --help end in SystemExit
-    except SystemExit as exc:
+        code = app(args=args, prog_name="lw", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except SystemExit as exc:  # shell completion ends this way
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         stderr.print(str(exc.code))
         return EXIT_USAGE
+    except _FRAMEWORK_ERRORS as exc:  # Typer's own errors: usage mistakes (exit 2) and the like
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain `lw`: the help is already on screen
+            return EXIT_USAGE
+        error, hint = _usage_error(exc)
+        error.exit_code = getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE
+        _report_error(error, json_mode, hint)
+        return error.exit_code
+    except typer.Abort:
+        stderr.print("aborted")
+        return EXIT_INTERNAL
     except LwError as exc:
         _report_error(exc, json_mode)
         return exc.exit_code
@@ -97,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
         traceback.print_exc()
         return EXIT_INTERNAL
-    return 0
 
 
 def entry() -> None:

@@ -39,7 +39,7 @@ def list_learnwares(
     market: Optional[Path] = MARKET_OPTION,
     tag: List[str] = typer.Option([], "--tag", "-t", help="Filter Key=Value (repeatable), e.g. Task=Regression."),
     name: Optional[str] = typer.Option(None, "--name", help="Name/description text (substring, else fuzzy)."),
-    limit: int = typer.Option(100, "--limit", "-n", help="Show at most this many (0: all)."),
+    limit: int = typer.Option(100, "--limit", "-n", min=0, help="Show at most this many (0: all)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """List the learnwares in a market.
@@ -62,7 +62,7 @@ def list_learnwares(
 
 
 def show(
-    ref: str = typer.Argument(..., help="Learnware id, optionally @version (e.g. 00000001@2)."),
+    ref: str = typer.Argument(..., metavar="ID[@V]", help="Learnware id, optionally @version (e.g. 00000001@2)."),
     market: Optional[Path] = MARKET_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -89,10 +89,11 @@ def show(
         raw = json.load(fh)
     spec = RKMESpec.from_json_dict(raw, source=str(folder / "rkme.json"))
     spec_summary = {"type": "RKMETableSpecification", "K": spec.size, "dim": spec.dim, "gamma": spec.gamma, "num_points": spec.num_points}
-    data = {"ok": True, "id": learnware_id, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report, "package_verified": True}
+    name = _version_name(semantic, entry)
+    data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report, "package_verified": True}
 
     def human(console):
-        console.print(f"[bold]{safe(entry.get('name', ''))}[/] ({safe(learnware_id)} v{record['version']})")
+        console.print(f"[bold]{safe(name)}[/] ({safe(learnware_id)} v{record['version']})", highlight=False)
         pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
         pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
         pairs += [("RKME", f"K={spec.size}, d={spec.dim}, gamma={spec.gamma:g}, fitted on {spec.num_points} rows")]
@@ -106,8 +107,14 @@ def show(
     Output(json_output).emit(data, human)
 
 
+def _version_name(semantic: dict, entry: dict) -> str:
+    """The name a version was submitted under (its own semantic.json), else the learnware's current name."""
+    name = semantic.get("Name", {}).get("Values") if isinstance(semantic.get("Name"), dict) else None
+    return name if isinstance(name, str) else entry.get("name", "")
+
+
 def versions(
-    learnware_id: str = typer.Argument(..., help="Learnware id."),
+    learnware_id: str = typer.Argument(..., metavar="ID", help="Learnware id."),
     market: Optional[Path] = MARKET_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -126,7 +133,7 @@ def versions(
 
 
 def remove(
-    ref: str = typer.Argument(..., help="Learnware id, or ID@VERSION to drop one version."),
+    ref: str = typer.Argument(..., metavar="ID[@V]", help="Learnware id, or ID@VERSION to drop one version."),
     market: Optional[Path] = MARKET_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:

@@ -20,13 +20,27 @@ import sys
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 # emoji=False: a name holding ":warning:" is shown as typed, not as an emoji
 stdout = Console(soft_wrap=True, emoji=False)
 stderr = Console(stderr=True, soft_wrap=True, emoji=False)
+# stdout that is not a terminal (a CI log, a pipe, a file) is never wrapped: lines are as wide as their content
+LOG_WIDTH = 1_000_000
+
+
+def stdout_is_terminal() -> bool:
+    return stdout.is_terminal
+
+
+def stdout_console() -> Console:
+    """Where human output goes: rich at the terminal's width, or unwrapped when stdout is a log or pipe."""
+    if stdout_is_terminal():
+        return stdout
+    return Console(soft_wrap=True, emoji=False, width=LOG_WIDTH)
 
 # C0 controls (ESC starts every terminal escape), DEL, C1 controls (0x9b is a one-byte CSI),
 # and the bidi controls that make text read other than it is stored (U+061C, U+200E/F,
@@ -84,14 +98,22 @@ class Output:
         if self.json_mode:
             print_json(data)
         elif human is not None:
-            human(stdout)
+            human(stdout_console())
         else:
-            stdout.print(data)
+            stdout_console().print(data)
 
     def note(self, message: str) -> None:
         """A side remark for people (stderr); silent in JSON or quiet mode."""
         if not (self.json_mode or self.quiet):
             stderr.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        """Something the user should act on (stderr, also in quiet mode); in JSON mode it belongs in the document.
+
+        ``message`` is plain text (it is made inert here).
+        """
+        if not self.json_mode:
+            stderr.print(f"[yellow]warning:[/] {safe(message)}", highlight=False)
 
     @property
     def interactive(self) -> bool:
@@ -120,8 +142,20 @@ class Output:
             yield update
 
 
-def table(title: Optional[str], columns: list[str], rows: list[list[Any]]) -> Table:
-    """A table whose title and cells are plain text (each goes through ``safe``)."""
+def table(title: Optional[str], columns: list[str], rows: list[list[Any]]) -> RenderableType:
+    """A table whose title and cells are plain text (each goes through ``safe``).
+
+    At a terminal, a rich table fitted to its width. Otherwise (a CI log, a
+    pipe) the title on its own line and plain aligned rows, never wrapped
+    inside a cell, so that logs stay readable and greppable.
+    """
+    if not stdout_is_terminal():
+        out = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+        for name in columns:
+            out.add_column(safe(name), no_wrap=True, overflow="ignore")
+        for row in rows:
+            out.add_row(*[safe(v) for v in row])
+        return out if title is None else Group(Text(_UNSAFE_CHARS.sub(_shown, str(title))), out)
     out = Table(title=None if title is None else safe(title), show_lines=False, header_style="bold")
     for name in columns:
         out.add_column(safe(name), overflow="fold")

@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
-from learnware_cli.cli.output import Output, fmt_float, table
+from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, k_option, open_market
+from learnware_cli.cli.output import Output, fmt_float, safe, table
 
 
 def search(
@@ -17,7 +17,7 @@ def search(
     data: Optional[Path] = typer.Option(None, "--data", help="Your rows: the RKME is fitted here, locally; the data is not stored."),
     tag: List[str] = typer.Option([], "--tag", "-t", help="Semantic filter Key=Value (repeatable), e.g. Task=Regression."),
     name: Optional[str] = typer.Option(None, "--name", help="Name/description text (substring first, else fuzzy)."),
-    k: int = typer.Option(5, "-k", help="How many learnwares to return (and the mixture's maximum size)."),
+    k: int = k_option(5, "How many learnwares to return (and the mixture's maximum size)."),
     all_versions: bool = typer.Option(False, "--all-versions", help="Rank every version, not only each learnware's latest."),
     no_mixture: bool = typer.Option(False, "--no-mixture", help="Skip the mixture search."),
     seed: int = typer.Option(0, "--seed", help="Seed of the local RKME fit for --data."),
@@ -35,8 +35,6 @@ def search(
     opened = open_market(market)
     if spec is not None and data is not None:
         raise InputError("give either --spec or --data, not both")
-    if k < 1:
-        raise InputError(f"-k must be at least 1, got {k}")
     query = parse_tag_filters(tag, opened.vocabulary)
     user_spec = None
     if spec is not None:
@@ -44,27 +42,45 @@ def search(
 
         user_spec = RKMESpec.load(spec)
     elif data is not None:
-        from learnware_cli.data_io import read_table
+        from learnware_cli.data_io import read_matrix
         from learnware_cli.rkme import fit_rkme
 
-        rows = read_table(data)
+        table_read = read_matrix(data, fill=True)
+        rows = table_read.values
+        if table_read.replaced:
+            output.note(f"note: {table_read.replaced} missing or infinite cell(s) of {data} replaced by column means")
         with output.progress("fitting your RKME locally", total=1) as update:
             user_spec = fit_rkme(rows, k=opened.k, gamma=opened.gamma, seed=seed, on_stage=lambda s, d, t: update(d, t, s))
     with output.progress("searching", total=None) as update:
         result = run_search(opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture, progress=lambda d, t: update(d, t))
-    output.emit(result.to_dict(), lambda console: render(console, result))
+    doc = result.to_dict()
+    doc["total"] = total_matches(result)
+    doc["more"] = max(doc["total"] - len(result.single), 0)  # matches that -k left out
+    output.emit(doc, lambda console: render(console, result, doc["more"]))
 
 
-def render(console, result) -> None:
+def total_matches(result) -> int:
+    """How many learnwares matched (the engine's total if it reports one, else the candidates it ranked)."""
+    total = getattr(result, "total", None)
+    return int(total) if isinstance(total, int) else max(int(result.considered), len(result.single))
+
+
+def render(console, result, more: int = 0) -> None:
+    shown = len(result.single)
+    hint = f"showing {shown} of {shown + more} matches: -k {shown + more} shows them all" if more else ""
     if result.mode == "semantic":
         rows = [[r["id"], r["version"], r["name"], r["task"], r["score"]] for r in result.single]
         console.print(table(f"semantic matches ({result.considered})", ["id", "version", "name", "task", "score"], rows))
+        if hint:
+            console.print(hint, highlight=False)
         return
     if not result.single:
         console.print(f"No learnware with input dimension {result.user['dim']} matches these filters.")
         return
     rows = [[i + 1, r["id"], r["version"], r["name"], r["task"], fmt_float(r["mmd2"]), f"{r['score']:.3f}"] for i, r in enumerate(result.single)]
     console.print(table(f"closest learnwares (of {result.considered} in your island)", ["rank", "id", "version", "name", "task", "MMD²", "score"], rows))
+    if hint:
+        console.print(hint, highlight=False)
     if result.mixture:
         mix = result.mixture
         rows = [[r["id"], r["version"], r["name"], f"{r['weight']:.3f}"] for r in mix["learnwares"]]
@@ -80,7 +96,6 @@ def reindex(
 
     Example: lw reindex --market ./market --rebuild
     """
-    from learnware_cli.cli.output import safe
     from learnware_cli.search.cache import rebuild_all
 
     output = Output(json_output)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from learnware_cli.cli.common import JSON_OPTION
-from learnware_cli.cli.output import Output, fmt_float
+from learnware_cli.cli.common import JSON_OPTION, gamma_option, k_option
+from learnware_cli.cli.output import Output, fmt_float, safe
 from learnware_cli.market.store import DEFAULT_MARKET_ENV
 
 
@@ -20,9 +21,9 @@ def spec(
     data: Path = typer.Argument(..., help="Rows to summarise: .csv (header optional), .npy or .npz."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the specification JSON."),
     market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K from this market (recommended; default $LW_MARKET if set)."),
-    gamma: Optional[float] = typer.Option(None, "--gamma", help="Kernel width (default: the market's, else 0.1)."),
-    k: Optional[int] = typer.Option(None, "--k", "-K", help="Reduced-set size (default: the market's, else 100)."),
-    steps: int = typer.Option(3, "--steps", help="Alternating refinement rounds after k-means."),
+    gamma: Optional[float] = gamma_option("Kernel width (default: the market's, else 0.1)."),
+    k: Optional[int] = k_option(None, "Reduced-set size (default: the market's, else 100); at most the number of rows.", "-K"),
+    steps: int = typer.Option(3, "--steps", min=0, help="Alternating refinement rounds after k-means."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same spec)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -32,21 +33,31 @@ def spec(
     """
     import numpy as np
 
-    from learnware_cli.data_io import read_table
+    from learnware_cli.data_io import check_output_path, read_matrix, write_text_atomic
+    from learnware_cli.errors import InputError
     from learnware_cli.rkme import approximation_error, fit_rkme
     from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
 
     output = Output(json_output)
+    check_output_path(out)  # before the fit: a bad --out must not cost the work
+    k_from = "--k"
     if market is not None:
         from learnware_cli.market.store import Market
 
         opened = Market.open(market)
         gamma = opened.gamma if gamma is None else gamma
-        k = opened.k if k is None else k
+        if k is None:
+            k, k_from = opened.k, f"the market's K ({market})"
     gamma = DEFAULT_GAMMA if gamma is None else gamma
-    k = DEFAULT_K if k is None else k
+    if k is None:
+        k, k_from = DEFAULT_K, "the default K"
 
-    x = read_table(data)
+    table = read_matrix(data, fill=True)
+    x = table.values
+    if k > len(x):
+        raise InputError(
+            f"{data} has {len(x)} rows, fewer than K={k} ({k_from}): give --k {len(x)} or less, or more rows"
+        )
     started = time.perf_counter()
     with output.progress(f"fitting RKME on {x.shape[0]} x {x.shape[1]}", total=1) as update:
         fitted = fit_rkme(x, k=k, gamma=gamma, steps=steps, seed=seed, on_stage=lambda name, done, total: update(done, total, name))
@@ -54,8 +65,7 @@ def spec(
     # the exact error costs n^2 kernel evaluations: on big data, measure it on a sample
     error_rows = x if len(x) <= ERROR_SAMPLE_ROWS else x[np.random.default_rng(seed).choice(len(x), ERROR_SAMPLE_ROWS, replace=False)]
     error = approximation_error(fitted, error_rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fitted.save(out)
+    write_text_atomic(out, json.dumps(fitted.to_json_dict(), separators=(",", ":")))  # as RKMESpec.save, whole or not at all
     data_out = {
         "ok": True,
         "out": str(out),
@@ -65,14 +75,17 @@ def spec(
         "gamma": fitted.gamma,
         "approximation_error": error,
         "error_rows": int(len(error_rows)),
+        "replaced_cells": table.replaced,
         "seconds": round(elapsed, 4),
     }
+    replaced = f", {table.replaced} missing or infinite cell(s) replaced by column means" if table.replaced else ""
     output.emit(
         data_out,
         lambda c: c.print(
-            f"Wrote {out}: RKME of {x.shape[0]} rows x {fitted.dim} columns, K={fitted.size}, "
+            f"Wrote {safe(out)}: RKME of {x.shape[0]} rows x {fitted.dim} columns, K={fitted.size}, "
             f"gamma={fitted.gamma:g}, approximation error {fmt_float(error, 3)}"
             + (f" (on a sample of {len(error_rows)} rows)" if len(error_rows) < len(x) else "")
+            + replaced
             + f" ({elapsed:.2f} s)",
             highlight=False,
         ),

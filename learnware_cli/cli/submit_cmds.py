@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
+from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market, timeout_option
 from learnware_cli.cli.output import Output, safe
 from learnware_cli.market.store import DEFAULT_MARKET_ENV
 from learnware_cli.errors import EXIT_MARKET, EXIT_REJECTED
@@ -52,7 +52,7 @@ def pack(
     scenario: List[str] = typer.Option([], "--scenario", help="Scenario tag (repeatable): Business, Health, ..."),
     license: str = typer.Option("MIT", "--license", help="MIT, Apache-2.0, BSD-3-Clause, ..."),
     input_desc: List[str] = typer.Option([], "--input-desc", help="Description of each input column, in order (repeatable)."),
-    output_dim: Optional[int] = typer.Option(None, "--output-dim", help="Output columns (regression) or classes (classification); default: from the model."),
+    output_dim: Optional[int] = typer.Option(None, "--output-dim", min=1, help="Output columns (regression) or classes (classification); default: from the model."),
     requirements: Optional[Path] = typer.Option(None, "--requirements", help="requirements.txt to ship (default: this machine's versions)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -65,16 +65,19 @@ def pack(
     from learnware_cli.market.semantic import build_semantic
     from learnware_cli.rkme.spec import RKMESpec
 
+    from learnware_cli.data_io import check_output_path
+
     output = Output(json_output)
     if (spec is None) == (data is None):
         raise InputError("give exactly one of --spec (a fitted RKME) or --data (rows to fit it on)")
     if not model.is_file():
         raise InputError(f"{model}: no such file")
+    check_output_path(out)  # before the RKME fit and the packing
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="lw-pack-") as tmp:
         if data is not None:
-            from learnware_cli.data_io import read_table
+            from learnware_cli.data_io import read_matrix
             from learnware_cli.rkme import fit_rkme
             from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
 
@@ -82,7 +85,12 @@ def pack(
             if market is not None:
                 opened = open_market(market)
                 gamma, k = opened.gamma, opened.k
-            rows = read_table(data)
+            table = read_matrix(data, fill=True)
+            rows = table.values
+            if table.replaced:
+                output.note(f"note: {table.replaced} missing or infinite cell(s) of {data} replaced by column means")
+            if k > len(rows):
+                output.note(f"note: {data} has {len(rows)} rows, fewer than K={k}: the RKME is the rows themselves")
             with output.progress("fitting RKME", total=1) as update:
                 fitted = fit_rkme(rows, k=k, gamma=gamma, on_stage=lambda s, d, t: update(d, t, s))
             spec = Path(tmp) / "rkme.json"
@@ -113,7 +121,7 @@ def pack(
     size = written.stat().st_size
     output.emit(
         {"ok": True, "out": str(written), "bytes": size, "input_dim": loaded.dim, "K": loaded.size},
-        lambda c: c.print(f"Wrote {written} ({size / 1024:.1f} KiB): input dimension {loaded.dim}, RKME K={loaded.size}"),
+        lambda c: c.print(f"Wrote {safe(written)} ({size / 1024:.1f} KiB): input dimension {loaded.dim}, RKME K={loaded.size}", highlight=False),
     )
 
 
@@ -125,8 +133,8 @@ def submit(
     allow_breaking: bool = typer.Option(False, "--allow-breaking", help="With --update: accept a version whose Data, Task or input/output dimension differs (recorded as breaking)."),
     price: Optional[float] = typer.Option(None, "--price", help="Optional price recorded with the version."),
     notes: Optional[str] = typer.Option(None, "--notes", help="Optional release notes recorded with the version."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the model may take to load and predict (default: the market's)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Packages checked at once (default: up to 4, one per core)."),
+    timeout: Optional[float] = timeout_option("Seconds the model may take to load and predict, more than 0 (default: the market's)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", min=1, help="Packages checked at once (default: up to 4, one per core)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Check packages and add the accepted ones to the market (exit 3 if any is rejected).
@@ -148,10 +156,20 @@ def submit(
         )
     rejected = [o for o in outcomes if not o.accepted and o.check != BUSY_CHECK]
     busy = [o for o in outcomes if not o.accepted and o.check == BUSY_CHECK]
-    if len(outcomes) == 1 and busy:
-        raise MarketBusyError(f"{Path(busy[0].package).name}: {busy[0].reason}")
+    warnings = duplicate_warnings(opened, outcomes)
+    # one shape for one package or many: per-package dicts, in input order in "results"
+    data = {
+        "ok": not rejected and not busy,
+        "accepted": [o.to_dict() for o in outcomes if o.accepted],
+        "rejected": [o.to_dict() for o in rejected],
+        "not_judged": [o.to_dict() for o in busy],
+        "results": [o.to_dict() for o in outcomes],
+        "warnings": warnings,
+    }
+    if len(outcomes) == 1 and busy:  # one package: one line, and the same document under --json
+        raise MarketBusyError(f"{Path(busy[0].package).name}: {busy[0].reason}").with_extra(**data)
     if len(outcomes) == 1 and rejected:
-        raise RejectedError(rejected[0].check, f"{Path(rejected[0].package).name}: {rejected[0].reason}")
+        raise RejectedError(rejected[0].check, f"{Path(rejected[0].package).name}: {rejected[0].reason}").with_extra(**data)
 
     def human(console):
         for o in outcomes:
@@ -164,19 +182,34 @@ def submit(
         if len(outcomes) > 1:
             console.print(f"{len(outcomes) - len(rejected) - len(busy)} accepted, {len(rejected)} rejected" + (f", {len(busy)} not judged (machine too busy: submit them again)" if busy else ""))
 
-    data = {
-        "ok": not rejected and not busy,
-        "accepted": [o.to_dict() for o in outcomes if o.accepted],
-        "rejected": [o.to_dict() for o in rejected],
-        "not_judged": [o.to_dict() for o in busy],
-    }
-    if len(outcomes) == 1:
-        data.update(outcomes[0].to_dict())
+    for warning in warnings:
+        output.warn(warning)
     output.emit(data, human)
     if busy:
         raise typer.Exit(EXIT_MARKET)
     if rejected:
         raise typer.Exit(EXIT_REJECTED)
+
+
+def duplicate_warnings(market, outcomes) -> list[str]:
+    """One line per accepted package whose bytes (sha256) the market already holds under another id/version."""
+    accepted = [o for o in outcomes if o.accepted]
+    if not accepted:
+        return []
+    holders: dict[str, list[tuple[str, int]]] = {}
+    for entry in market.entries():
+        for record in entry["versions"]:
+            holders.setdefault(record.get("checksum"), []).append((entry["id"], record["version"]))
+    warnings = []
+    for o in accepted:
+        checksum = o.record.get("checksum") or o.report.get("package", {}).get("sha256")
+        others = [f"{i} v{v}" for i, v in holders.get(checksum, []) if (i, v) != (o.id, o.version)]
+        if checksum and others:
+            warnings.append(
+                f"{Path(o.package).name} (stored as {o.id} v{o.version}) is byte-identical (same sha256) to "
+                f"{', '.join(others)} in the market"
+            )
+    return warnings
 
 
 def register(app: typer.Typer) -> None:

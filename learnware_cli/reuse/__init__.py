@@ -1,14 +1,21 @@
 """Reusing learnwares on a user's data: scikit-learn-style reusers and a registry of them.
 
 Each reuser takes the ranked ``learnwares`` (``ReusableLearnware``) in its
-constructor; ``fit(X, y)`` then ``predict(X)``. Methods that need the user's
-labels say so through ``needs_labels``. Importing this package does not
+constructor; ``fit(X, y)`` (``fit()`` for the label-free ones) then
+``predict(X)``; predict before fit raises scikit-learn's ``NotFittedError``.
+Every fitted reuser names the learnwares its predictions come from in
+``used_ids_`` and those it left out in ``failures_``; each class's docstring
+lists its other attributes. Methods that need the user's labels say so
+through ``needs_labels``, those that learn from them when given through
+``uses_labels``. ``AutoReuser`` ("auto") scores the others by cross-validation
+on the labeled rows and uses the best. Importing this package does not
 import JAX (only the job selector's fit does).
 """
 
 from __future__ import annotations
 
 from learnware_cli.errors import InputError
+from learnware_cli.reuse.auto import AutoReuser
 from learnware_cli.reuse.base import (
     CLASSIFICATION,
     REGRESSION,
@@ -32,6 +39,7 @@ METHODS: dict[str, type[BaseReuser]] = {
     "ensemble-pruning": EnsemblePruningReuser,
     "feature-augment": FeatureAugmentReuser,
     "user-ensemble": UserEnsembleReuser,
+    "auto": AutoReuser,
 }
 
 
@@ -48,11 +56,17 @@ def needs_labels(method: str) -> bool:
     return get_method(method).needs_labels
 
 
+def uses_labels(method: str) -> bool:
+    """Whether ``method`` learns from labeled user rows when they are given."""
+    return get_method(method).uses_labels
+
+
 __all__ = [
     "CLASSIFICATION",
     "REGRESSION",
     "TASKS",
     "METHODS",
+    "AutoReuser",
     "AveragingReuser",
     "BaseReuser",
     "EnsemblePruningReuser",
@@ -67,4 +81,5 @@ __all__ = [
     "evaluate",
     "get_method",
     "needs_labels",
+    "uses_labels",
 ]

@@ -17,11 +17,13 @@ This module imports no JAX: only the job selector needs the RKME code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from learnware_cli.data_io import as_matrix  # noqa: F401  (re-exported: the reusers import it from here)
 from learnware_cli.errors import EXIT_USAGE, InputError, LwError
@@ -75,7 +77,11 @@ class ReusableLearnware:
     model: anything with ``predict(X)`` and, optionally, ``predict_proba(X)``
     (it may lack it, or raise AttributeError / NotImplementedError).
     spec: its RKME specification (only the job selector needs one).
-    weight: its mixture weight from the search (used where a reuser asks for weights).
+    weight: its mixture weight from the search, finite and >= 0. A learnware
+    of weight 0 is not part of the mixture: every reuser leaves it out (unless
+    every weight is 0, which says nothing); the averaging reusers weigh the
+    rest by it when asked (``use_weights``) and the job selector herds rows
+    in proportion to it.
     """
 
     id: str
@@ -91,7 +97,12 @@ class ReusableLearnware:
             self.n_classes = int(self.n_classes)
             if self.n_classes < 1:
                 raise InputError(f"learnware {self.id}: n_classes must be positive, got {self.n_classes}")
-        self.weight = float(self.weight)
+        try:
+            self.weight = float(self.weight)
+        except (TypeError, ValueError):
+            raise InputError(f"learnware {self.id}: weight must be a number, got {self.weight!r}") from None
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise InputError(f"learnware {self.id}: weight must be finite and >= 0, got {self.weight}")
 
 
 @dataclass
@@ -166,14 +177,38 @@ class BaseReuser(BaseEstimator):
     ``learnwares`` is ranked (best first), as the search returns them.
     ``progress(done_rows, total_rows)`` is called after each batch of a pass
     over the data (a reuser that falls back to another learnware starts a new pass).
+    ``fit`` must come first: ``predict`` before it raises scikit-learn's
+    ``NotFittedError`` (label-free reusers learn nothing, but fit validates the
+    learnwares and, for the job selector, trains the router).
+
+    Attributes (every reuser, set by fit)
+    ----------
+    used_ids_ : list of str
+        Ids of the learnwares the predictions come from, in rank order. After
+        ``fit``: those the reuser will answer with; after ``predict``: those
+        whose answers the predictions hold (a learnware that failed is no
+        longer listed, except by the job selector when it had already
+        answered some rows, which keep its answers).
+    failures_ : list of (str, str)
+        (id, one-line reason) of every learnware left out because it failed.
+    task_ : str
+        "Classification" or "Regression", shared by all learnwares.
+    n_classes_ : int or None
+        The widest declared class count (classification), else None.
     """
 
-    needs_labels: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False  # fit(X, y) requires labeled rows
+    uses_labels: ClassVar[bool] = False  # fit(X, y) learns from labeled rows when given
 
     # -- set-up ---------------------------------------------------------
 
     def _begin(self) -> None:
-        """Validate the learnware list and reset the failure record (start of fit)."""
+        """Validate the learnware list and reset the fitted state (start of fit).
+
+        Learnwares of weight 0 are not offered to the reuser (unless every
+        weight is 0): ``_alive`` never returns them.
+        """
+        self.__dict__.pop("used_ids_", None)  # a fit that fails leaves the reuser unfitted
         lws = list(self.learnwares or [])
         if not lws:
             raise InputError("no learnwares to reuse")
@@ -184,21 +219,52 @@ class BaseReuser(BaseEstimator):
         if len(tasks) > 1:
             raise InputError(f"learnwares mix tasks ({', '.join(tasks)}); reuse needs one task")
         batch = getattr(self, "batch_size", DEFAULT_BATCH_SIZE)
-        if not isinstance(batch, (int, np.integer)) or batch < 1:
+        if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch!r}")
         counts = {lw.n_classes for lw in lws if lw.n_classes is not None}
         self._lws = lws
         self.task_ = tasks[0]
-        # Differing counts mean nested label spaces (0..C-1); the widest covers all.
+        # The widest count covers every label a learnware can give (feature
+        # augmentation and the user ensemble score over it); the combiners that
+        # add up class scores by position refuse learnwares that differ
+        # (``_check_one_label_space``).
         self.n_classes_ = max(counts) if counts else None
         self.failures_: list[tuple[str, str]] = []
         self._dead: set[int] = set()
+        weighted = {i for i, lw in enumerate(lws) if lw.weight > 0}
+        self._offered: set[int] = weighted or set(range(len(lws)))
         self._proba_width: dict[int, Optional[int]] = {}  # i -> width, or None: label-only
 
-    def _ensure_begun(self) -> None:
-        """Label-free reusers may be used without an explicit fit()."""
-        if not hasattr(self, "failures_"):
-            self.fit()
+    def _begin_labeled(self, X, y, numeric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``_begin`` for reusers that learn from labels: -> X (n, d), y checked for the task."""
+        self._begin()
+        X = as_matrix(X, numeric=numeric)
+        return X, check_targets(self.task_, X, y)
+
+    def _check_fitted(self) -> None:
+        """NotFittedError (scikit-learn's) unless fit has completed."""
+        check_is_fitted(self, "used_ids_")
+
+    def _set_used(self, indices: Sequence[int]) -> None:
+        self._used = list(indices)
+        self.used_ids_ = [self._lws[i].id for i in self._used]
+
+    def _check_one_label_space(self, indices: Sequence[int], method: str) -> None:
+        """InputError when the given classifiers declare different numbers of classes.
+
+        Adding class scores (or votes) by position assumes label j means the
+        same class in every model; a 2-class and a 3-class model do not share
+        that, and averaging them silently mixes their classes.
+        """
+        if self.task_ != CLASSIFICATION:
+            return
+        declared = [(self._lws[i].id, self._lws[i].n_classes) for i in indices if self._lws[i].n_classes is not None]
+        if len({count for _, count in declared}) > 1:
+            listed = ", ".join(f"{lw_id}: {count}" for lw_id, count in declared)
+            raise InputError(
+                f"{method} cannot combine classifiers with different numbers of classes ({listed}); "
+                "choose learnwares with one label space, or use single, job-selector or feature-augment"
+            )
 
     @property
     def is_classification(self) -> bool:
@@ -207,8 +273,9 @@ class BaseReuser(BaseEstimator):
     # -- failure bookkeeping ---------------------------------------------
 
     def _alive(self, indices: Optional[Sequence[int]] = None) -> list[int]:
+        """Of ``indices`` (default: all, in rank order), those offered (weight > 0) that have not failed."""
         indices = range(len(self._lws)) if indices is None else indices
-        return [i for i in indices if i not in self._dead]
+        return [i for i in indices if i in self._offered and i not in self._dead]
 
     def _fail(self, i: int, exc: BaseException) -> None:
         self._dead.add(i)

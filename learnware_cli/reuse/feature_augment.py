@@ -9,7 +9,6 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted
 
 from learnware_cli.errors import InputError
 from learnware_cli.reuse.base import (
@@ -19,7 +18,6 @@ from learnware_cli.reuse.base import (
     Progress,
     ReusableLearnware,
     as_matrix,
-    check_targets,
     squeeze_outputs,
 )
 from learnware_cli.reuse.combine import class_scores, class_space
@@ -44,12 +42,26 @@ class FeatureAugmentReuser(BaseReuser):
     """Fit ``estimator`` on [X, outputs of every learnware] over the labeled rows.
 
     Learnware features: class probabilities (or one-hot labels when a model
-    has none) for classification, outputs for regression. The labeled rows
-    and their features are kept, so a learnware that fails at predict time is
+    has none) for classification, outputs for regression. Classifiers with
+    different numbers of classes are fine here: each gives its own feature
+    columns and the estimator learns what they mean. The labeled rows and
+    their features are kept, so a learnware that fails at predict time is
     dropped by refitting the (cheap) estimator without its columns.
+    Learnwares of weight 0 take no part.
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        The learnwares whose outputs are features, in rank order.
+    estimator_ : estimator
+        The fitted estimator on [X, their features].
+    classes_ : ndarray (classification only)
+        The classes the feature columns and predictions range over.
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     needs_labels = True
+    uses_labels = True
 
     def __init__(
         self,
@@ -65,9 +77,7 @@ class FeatureAugmentReuser(BaseReuser):
 
     def fit(self, X, y) -> "FeatureAugmentReuser":
         """X (n, d) numeric, y (n,) labels / (n,) or (n, t) targets."""
-        self._begin()
-        X = as_matrix(X, numeric=True)
-        y = check_targets(self.task_, X, y)
+        X, y = self._begin_labeled(X, y)
         if self.is_classification and len(np.unique(y)) < 2:
             raise InputError("feature augmentation needs labeled rows of at least two classes")
         outputs = self._collect(X, self._alive(), want_proba=True)
@@ -82,16 +92,16 @@ class FeatureAugmentReuser(BaseReuser):
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t)."""
-        check_is_fitted(self, "estimator_")
+        self._check_fitted()
         X = as_matrix(X, numeric=True)
         if X.shape[1] != self._train_X.shape[1]:
             raise InputError(f"data has {X.shape[1]} columns, the labeled rows had {self._train_X.shape[1]}")
-        outputs = self._collect(X, self.used_, want_proba=True)
+        outputs = self._collect(X, self._used, want_proba=True)
         if not outputs:
             raise self._nothing_left("augment features with")
-        if len(outputs) < len(self.used_):
+        if len(outputs) < len(self._used):
             self._refit(sorted(outputs))
-        return self.estimator_.predict(self._design(X, [self._features(outputs[i]) for i in self.used_]))
+        return self.estimator_.predict(self._design(X, [self._features(outputs[i]) for i in self._used]))
 
     def _features(self, output: ModelOutput) -> np.ndarray:
         """One learnware's feature block (n, c)."""
@@ -108,5 +118,4 @@ class FeatureAugmentReuser(BaseReuser):
         base = self.estimator if self.estimator is not None else default_estimator(self.is_classification)
         design = self._design(self._train_X, [self._train_blocks[i] for i in used])
         self.estimator_ = clone(base).fit(design, self._train_y)
-        self.used_ = list(used)
-        self.used_ids_ = [self._lws[i].id for i in used]
+        self._set_used(used)

@@ -18,7 +18,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from threadpoolctl import threadpool_limits
-from sklearn.utils.validation import check_is_fitted
 
 from learnware_cli.errors import InputError
 from learnware_cli.reuse.base import (
@@ -110,11 +109,24 @@ class JobSelectorReuser(BaseReuser):
 
     Herded rows per learnware follow the mixture weights of ``user_spec``
     (an RKMESpec of the user's data, as the reference computes from the user's
-    data) when given, else each learnware's search ``weight``. A learnware
+    data) when given, else each learnware's search ``weight``; a learnware of
+    weight 0 gets no rows (it is not routed to at all). A learnware
     without a specification cannot be herded and is left out (recorded in
     ``failures_``). When a routed learnware fails, its rows go to the
     selector's next choice; rows it answered in earlier batches keep their
     answers (each row's prediction comes from one model anyway).
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        After fit: the learnwares rows can be routed to, in rank order; after
+        predict: those that received rows.
+    herd_counts_ : dict of str to int
+        Rows herded from each routable learnware's RKME (its share of the
+        selector's training set, i.e. its prior weight in the routing).
+    selector_ : classifier or None
+        The fitted selector (None when there is one learnware to route to).
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     def __init__(
@@ -141,17 +153,17 @@ class JobSelectorReuser(BaseReuser):
         """Herd rows from the specifications and train the selector (X and y are not used)."""
         self._begin()
         routes = self._routable()
-        self.routes_ = routes
-        self.route_ids_ = [self._lws[i].id for i in routes]
+        self._routes = routes
         self._dim = self._lws[routes[0]].spec.dim
         if len(routes) == 1:  # nothing to choose: no herding, no selector
             self.selector_ = None
-            self.herd_counts_ = np.zeros(1, dtype=int)
+            self.herd_counts_ = {self._lws[routes[0]].id: 0}
+            self._set_used(routes)
             return self
-        self.herd_counts_ = herd_counts(self._route_weights(routes), int(self.herd_rows), int(self.min_herd_rows))
+        counts = herd_counts(self._route_weights(routes), int(self.herd_rows), int(self.min_herd_rows))
         rows = [
             herd_from_spec(self._lws[i].spec, int(count), seed=int(self.random_state) + p)
-            for p, (i, count) in enumerate(zip(routes, self.herd_counts_))
+            for p, (i, count) in enumerate(zip(routes, counts))
         ]  # each (count, d)
         labels = np.concatenate([np.full(len(r), p) for p, r in enumerate(rows)])
         selector = make_selector(self.selector, self._dim, int(self.random_state))
@@ -159,34 +171,37 @@ class JobSelectorReuser(BaseReuser):
         # JAX's pool (or other processes) made fits up to 30x slower.
         with threadpool_limits(1):
             self.selector_ = selector.fit(np.vstack(rows), labels)
+        self.herd_counts_ = {self._lws[i].id: int(c) for i, c in zip(routes, counts)}
+        self._set_used(routes)
         return self
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t), each row from its routed learnware."""
-        self._ensure_begun()
-        check_is_fitted(self, "routes_")
+        self._check_fitted()
         X = as_matrix(X)
         if X.shape[1] != self._dim:
             raise InputError(f"data has {X.shape[1]} columns, the learnwares' specifications have {self._dim}")
-        n, parts = len(X), []
+        n, parts, answered = len(X), [], set()
         for start in range(0, n, int(self.batch_size)):
             batch = X[start : start + int(self.batch_size)]
-            parts.append(self._predict_batch(batch))
+            parts.append(self._predict_batch(batch, answered))
             self._report(start + len(batch), n)
+        # a learnware that answered some rows and then failed still gave those rows
+        self._set_used([i for i in self._routes if i in answered])
         if self.is_classification:
             return integral_labels(np.concatenate(parts))
         return squeeze_outputs(np.concatenate(parts))
 
     def route(self, X) -> np.ndarray:
         """The learnware index (into ``learnwares``) each row of X (n, d) goes to -> (n,)."""
-        check_is_fitted(self, "routes_")
+        self._check_fitted()
         scores = self._route_scores(as_matrix(X))
-        return np.asarray(self.routes_)[np.argmax(scores, axis=1)]
+        return np.asarray(self._routes)[np.argmax(scores, axis=1)]
 
     # -- internals ---------------------------------------------------------
 
     def _routable(self) -> list[int]:
-        """Learnwares that can be routed to: alive and with a specification of one dimension."""
+        """Learnwares that can be routed to: alive (so of positive weight) and with a specification of one dimension."""
         routes = []
         for i in self._alive():
             if self._lws[i].spec is None:
@@ -213,14 +228,16 @@ class JobSelectorReuser(BaseReuser):
         if self.selector_ is None:
             scores = np.ones((len(X), 1))
         else:
-            scores = np.full((len(X), len(self.routes_)), -np.inf)
+            scores = np.full((len(X), len(self._routes)), -np.inf)
             scores[:, self.selector_.classes_.astype(int)] = _preferences(self.selector_, X)
-        dead = [p for p, i in enumerate(self.routes_) if i in self._dead]
+        dead = [p for p, i in enumerate(self._routes) if i in self._dead]
         scores[:, dead] = -np.inf
         return scores
 
-    def _predict_batch(self, X: np.ndarray) -> np.ndarray:
-        """Predictions for one batch (b, d): each routed group in one call, re-routed on failure."""
+    def _predict_batch(self, X: np.ndarray, answered: set) -> np.ndarray:
+        """Predictions for one batch (b, d): each routed group in one call, re-routed on failure.
+
+        Adds to ``answered`` the learnwares that gave rows."""
         scores = self._route_scores(X)
         done_rows: list[np.ndarray] = []
         done_values: list[np.ndarray] = []
@@ -232,10 +249,11 @@ class JobSelectorReuser(BaseReuser):
             retry = []
             for p in np.unique(choice):
                 rows = pending[choice == p]
-                i = self.routes_[p]
+                i = self._routes[p]
                 try:
                     done_values.append(self._call(i, X[rows], want_proba=False).values)
                     done_rows.append(rows)
+                    answered.add(i)
                 except Exception as exc:  # noqa: BLE001 - a failed learnware's rows go elsewhere
                     self._fail(i, exc)
                     scores[:, p] = -np.inf

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -116,23 +117,39 @@ class _Planned:
 # --------------------------------------------------------------------------- refs
 
 
-def refs_from_search_json(doc) -> list[Ref]:
+SEARCH_LISTS = ("ranking", "mixture")
+
+
+def refs_from_search_json(doc, use: Optional[str] = None, k: Optional[int] = None) -> list[Ref]:
     """The learnwares to reuse from `lw search --json` output.
 
-    The mixture (with its weights) when the search found one, since it is the
-    set that together covers the user's data; else the single ranking, weight 1 each.
+    use: "mixture" (its members with their weights: the set that together
+    covers the user's data), "ranking" (the single ranking, best first,
+    weight 1 each) or None: the mixture when the search found one, else the
+    ranking. k: keep only the first k of that list (the mixture's members as
+    listed, the ranking's best k). InputError for a document that is not a
+    search result, an empty list, or a mixture asked for but absent.
     """
+    if use is not None and use not in SEARCH_LISTS:
+        raise InputError(f"--use must be ranking or mixture, got {use!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InputError(f"-k must be a positive integer, got {k!r}")
     if isinstance(doc, dict) and doc.get("ok") is False:
         raise InputError(f"the search itself failed: {doc.get('message', 'no message')}")
     if not isinstance(doc, dict) or ("single" not in doc and "mixture" not in doc):
         raise InputError("not the output of `lw search --json` (no 'single' or 'mixture' list)")
     mixture = doc.get("mixture") if isinstance(doc.get("mixture"), dict) else {}
-    if mixture.get("learnwares"):
-        return [_ref(item, "weight") for item in _listed(mixture["learnwares"])]
-    single = _listed(doc.get("single") or [])
-    if not single:
-        raise InputError("the search result lists no learnwares")
-    return [_ref(item, None) for item in single]
+    members = _listed(mixture.get("learnwares") or [])
+    if use == "mixture" and not members:
+        raise InputError("the search result has no mixture (use --use ranking)")
+    if use != "ranking" and members:
+        refs = [_ref(item, "weight") for item in members]
+    else:
+        single = _listed(doc.get("single") or [])
+        if not single:
+            raise InputError("the search result lists no learnwares")
+        refs = [_ref(item, None) for item in single]
+    return refs[:k] if k is not None else refs
 
 
 def _listed(items) -> list:
@@ -153,6 +170,8 @@ def _ref(item, weight_key: Optional[str]) -> Ref:
         weight = float(weight)
     except (TypeError, ValueError):
         raise InputError(f"search result entry {item['id']} has a bad weight {weight!r}") from None
+    if not (math.isfinite(weight) and weight >= 0):
+        raise InputError(f"search result entry {item['id']} has a bad weight {weight!r}")
     return item["id"], version, weight
 
 

@@ -6,7 +6,6 @@ from itertools import combinations
 from typing import Optional, Sequence
 
 import numpy as np
-from sklearn.utils.validation import check_is_fitted
 
 from learnware_cli.reuse.base import (
     DEFAULT_BATCH_SIZE,
@@ -15,7 +14,6 @@ from learnware_cli.reuse.base import (
     Progress,
     ReusableLearnware,
     as_matrix,
-    check_targets,
 )
 from learnware_cli.reuse.combine import average_outputs, prediction_loss
 
@@ -28,13 +26,25 @@ class EnsemblePruningReuser(BaseReuser):
     ``max_exhaustive`` learnwares, greedy forward selection beyond. Ties go
     to the smaller subset (then the better-ranked one), as the reference
     prefers small ensembles: a learnware that does not help is left out.
+    Classifiers are only averaged with others that declare the same number
+    of classes (a subset never mixes label spaces); learnwares of weight 0
+    take no part.
 
     Learnware outputs on the labeled rows are kept, so when a selected
     learnware fails at predict time the subset is chosen again among the
     survivors without calling any model on the labeled rows.
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        The selected subset, in rank order.
+    validation_loss_ : float
+        Its loss on the labeled rows (error rate or MSE).
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     needs_labels = True
+    uses_labels = True
 
     def __init__(
         self,
@@ -52,9 +62,7 @@ class EnsemblePruningReuser(BaseReuser):
 
     def fit(self, X, y) -> "EnsemblePruningReuser":
         """Score the learnwares on the labeled rows X (n, d), y (n,) and pick the subset."""
-        self._begin()
-        X = as_matrix(X)
-        self._y = check_targets(self.task_, X, y)
+        X, self._y = self._begin_labeled(X, y, numeric=False)
         self._train_outputs = self._collect(X, self._alive(), want_proba=True)
         if not self._train_outputs:
             raise self._nothing_left("prune")
@@ -64,14 +72,14 @@ class EnsemblePruningReuser(BaseReuser):
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> the selected subset's averaged prediction (n,) / (n, t)."""
-        check_is_fitted(self, "selected_")
+        self._check_fitted()
         X = as_matrix(X)
         outputs: dict[int, ModelOutput] = {}
         while True:
-            missing = [i for i in self.selected_ if i not in outputs]
+            missing = [i for i in self._used if i not in outputs]
             outputs.update(self._collect(X, missing, want_proba=True))
-            if all(i in outputs for i in self.selected_):
-                return self._average([outputs[i] for i in self.selected_], self.selected_)
+            if all(i in outputs for i in self._used):
+                return self._average([outputs[i] for i in self._used], self._used)
             survivors = self._alive(sorted(self._train_outputs))
             if not survivors:
                 raise self._nothing_left("predict with")
@@ -80,12 +88,16 @@ class EnsemblePruningReuser(BaseReuser):
     # -- selection ---------------------------------------------------------
 
     def _select(self, candidates: list[int]) -> None:
-        """Set ``selected_`` (indices), ``selected_ids_`` and ``validation_loss_`` from candidates."""
+        """Set ``used_ids_`` (and the indices behind it) and ``validation_loss_`` from candidates."""
         search = self._exhaustive if len(candidates) <= self.max_exhaustive else self._greedy
         subset, loss = search(candidates)
-        self.selected_ = list(subset)
-        self.selected_ids_ = [self._lws[i].id for i in subset]
         self.validation_loss_ = loss
+        self._set_used(subset)
+
+    def _compatible(self, subset: Sequence[int]) -> bool:
+        """Whether the subset shares one label space (always, for regression or undeclared counts)."""
+        counts = {self._lws[i].n_classes for i in subset if self._lws[i].n_classes is not None}
+        return len(counts) <= 1
 
     def _subset_loss(self, subset: Sequence[int]) -> float:
         pred = self._average([self._train_outputs[i] for i in subset], subset)
@@ -95,6 +107,8 @@ class EnsemblePruningReuser(BaseReuser):
         best, best_loss = None, np.inf
         for size in range(1, len(candidates) + 1):
             for subset in combinations(candidates, size):
+                if not self._compatible(subset):
+                    continue
                 loss = self._subset_loss(subset)
                 if loss < best_loss - 1e-12:
                     best, best_loss = subset, loss
@@ -105,13 +119,19 @@ class EnsemblePruningReuser(BaseReuser):
         chosen: list[int] = []
         best_loss = np.inf
         while len(chosen) < len(candidates):
-            trials = [(self._subset_loss(chosen + [c]), c) for c in candidates if c not in chosen]
+            trials = [
+                (self._subset_loss(chosen + [c]), c)
+                for c in candidates
+                if c not in chosen and self._compatible(chosen + [c])
+            ]
+            if not trials:
+                break
             loss, pick = min(trials, key=lambda t: t[0])
             if loss >= best_loss - 1e-12:
                 break
             chosen.append(pick)
             best_loss = loss
-        return tuple(chosen), best_loss
+        return tuple(sorted(chosen)), best_loss
 
     def _average(self, outputs: list[ModelOutput], subset: Sequence[int]) -> np.ndarray:
         weights = [self._lws[i].weight for i in subset] if self.use_weights else None

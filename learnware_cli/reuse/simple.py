@@ -22,6 +22,14 @@ class SingleReuser(BaseReuser):
 
     If it fails, the next one in rank order answers instead (the failure is in
     ``failures_``), so a flaky worker costs a fallback rather than the result.
+    A learnware of weight 0 is never used (see ``ReusableLearnware.weight``).
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        One id: after fit, the top-ranked learnware of positive weight; after
+        predict, the one that answered.
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     def __init__(
@@ -35,18 +43,19 @@ class SingleReuser(BaseReuser):
         self.progress = progress
 
     def fit(self, X=None, y=None) -> "SingleReuser":
-        """Nothing to learn; validates the learnwares and resets ``failures_``."""
+        """Nothing to learn (X and y are not used); validates the learnwares and resets ``failures_``."""
         self._begin()
+        self._set_used(self._alive()[:1])
         return self
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t) of the first learnware that works."""
-        self._ensure_begun()
+        self._check_fitted()
         X = as_matrix(X)
         for i in self._alive():
             outputs = self._collect(X, [i], want_proba=False)
             if i in outputs:
-                self.used_ = self._lws[i].id
+                self._set_used([i])
                 return squeeze_outputs(outputs[i].values)
         raise self._nothing_left("predict with")
 
@@ -56,9 +65,18 @@ class AveragingReuser(BaseReuser):
 
     Regression: the mean output. Classification: the argmax of the mean class
     probabilities when every model has ``predict_proba`` with n_classes
-    columns, otherwise a majority vote of labels. With ``use_weights`` each
-    learnware counts by its search mixture ``weight`` (off by default, as in
-    the reference AveragingReuser).
+    columns, otherwise a majority vote of labels; classifiers that declare
+    different numbers of classes are refused (InputError at fit), since
+    adding their scores by position would mix their classes. A learnware of
+    weight 0 takes no part; with ``use_weights`` the others count by their
+    search mixture ``weight`` (off by default, as in the reference
+    AveragingReuser: equal shares).
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        The learnwares averaged (after predict: those that answered).
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     def __init__(
@@ -74,19 +92,21 @@ class AveragingReuser(BaseReuser):
         self.progress = progress
 
     def fit(self, X=None, y=None) -> "AveragingReuser":
-        """Nothing to learn; validates the learnwares and resets ``failures_``."""
+        """Nothing to learn (X and y are not used); validates the learnwares and resets ``failures_``."""
         self._begin()
+        self._check_one_label_space(self._alive(), "average")
+        self._set_used(self._alive())
         return self
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t)."""
-        self._ensure_begun()
+        self._check_fitted()
         X = as_matrix(X)
-        outputs = self._collect(X, self._alive(), want_proba=True)
+        outputs = self._collect(X, self._alive(self._used), want_proba=True)
         if not outputs:
             raise self._nothing_left("average")
         self._check_widths(outputs)
         used = sorted(outputs)
-        self.used_ = [self._lws[i].id for i in used]
+        self._set_used(used)
         weights = [self._lws[i].weight for i in used] if self.use_weights else None
         return average_outputs(self.task_, [outputs[i] for i in used], weights)

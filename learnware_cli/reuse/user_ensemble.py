@@ -13,7 +13,6 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.utils.validation import check_is_fitted
 
 from learnware_cli.errors import InputError
 from learnware_cli.reuse.base import (
@@ -23,7 +22,6 @@ from learnware_cli.reuse.base import (
     Progress,
     ReusableLearnware,
     as_matrix,
-    check_targets,
     squeeze_outputs,
 )
 from learnware_cli.reuse.combine import best_simplex_weights, class_scores, class_space
@@ -54,10 +52,26 @@ class UserEnsembleReuser(BaseReuser):
     with the learnwares' predictions on the labeled rows. With fewer than
     ``min_cv_rows`` rows (or a class too rare to split) the weights are equal.
     A top learnware that fails during fit is replaced by the next-ranked one;
-    one that fails at predict time is dropped and the remaining weights renormalised.
+    one that fails at predict time is dropped and the remaining weights
+    renormalised. Learnwares of weight 0 take no part; classifiers that
+    declare different numbers of classes are refused (InputError), since
+    their scores would be added by position.
+
+    Attributes
+    ----------
+    used_ids_ : list of str
+        The learnwares in the ensemble, in rank order (the user model is not listed).
+    weights_ : ndarray (len(used_ids_) + 1,)
+        Their weights, then the user model's; they sum to 1.
+    user_model_ : estimator
+        The user model, fitted on all labeled rows.
+    classes_ : ndarray (classification only)
+        The classes scores and predictions range over.
+    failures_, task_, n_classes_ : see ``BaseReuser``.
     """
 
     needs_labels = True
+    uses_labels = True
 
     def __init__(
         self,
@@ -81,19 +95,17 @@ class UserEnsembleReuser(BaseReuser):
 
     def fit(self, X, y) -> "UserEnsembleReuser":
         """X (n, d) numeric, y (n,) labels / (n,) or (n, t) targets."""
-        self._begin()
-        if int(self.n_learnwares) < 1:
-            raise InputError(f"n_learnwares must be at least 1, got {self.n_learnwares}")
-        X = as_matrix(X, numeric=True)
-        y = check_targets(self.task_, X, y)
+        X, y = self._begin_labeled(X, y)
+        if isinstance(self.n_learnwares, bool) or not isinstance(self.n_learnwares, (int, np.integer)) or self.n_learnwares < 1:
+            raise InputError(f"n_learnwares must be a positive integer, got {self.n_learnwares!r}")
         outputs = self._top_outputs(X)
+        components = sorted(outputs)
+        self._check_one_label_space(components, "user-ensemble")
         self._check_widths(outputs, y.shape[1] if y.ndim == 2 else None)
         if self.is_classification:
             self.classes_ = class_space(self.n_classes_, y, *[o.values for o in outputs.values()])
         target = self._target_scores(y)
-        self.components_ = sorted(outputs)
-        self.component_ids_ = [self._lws[i].id for i in self.components_] + ["user-model"]
-        lw_scores = [self._lw_scores(outputs[i]) for i in self.components_]
+        lw_scores = [self._lw_scores(outputs[i]) for i in components]
         user_oof = self._user_out_of_fold(X, y)
         if user_oof is None:
             self.weights_ = np.full(len(lw_scores) + 1, 1.0 / (len(lw_scores) + 1))
@@ -102,21 +114,26 @@ class UserEnsembleReuser(BaseReuser):
         fit_y = y if self.is_classification else squeeze_outputs(y)
         self.user_model_ = clone(self._base_user_model(len(X))).fit(X, fit_y)
         self._n_features = X.shape[1]
+        self._set_used(components)
         return self
 
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t)."""
-        check_is_fitted(self, "user_model_")
+        self._check_fitted()
         X = as_matrix(X, numeric=True)
         if X.shape[1] != self._n_features:
             raise InputError(f"data has {X.shape[1]} columns, the labeled rows had {self._n_features}")
-        outputs = self._collect(X, self.components_, want_proba=True)
+        outputs = self._collect(X, self._used, want_proba=True)
         if not outputs:
             raise self._nothing_left("ensemble with the user model")
-        keep = [k for k, i in enumerate(self.components_) if i in outputs]
-        weights = np.append(self.weights_[keep], self.weights_[-1])
-        weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1.0 / len(weights))
-        scores = [self._lw_scores(outputs[self.components_[k]]) for k in keep]
+        if len(outputs) < len(self._used):  # renormalise over the survivors, from now on
+            keep = [k for k, i in enumerate(self._used) if i in outputs]
+            weights = np.append(self.weights_[keep], self.weights_[-1])
+            total = weights.sum()
+            self.weights_ = weights / total if total > 0 else np.full(len(weights), 1.0 / len(weights))
+            self._set_used([self._used[k] for k in keep])
+        weights = self.weights_
+        scores = [self._lw_scores(outputs[i]) for i in self._used]
         scores.append(self._user_scores(self.user_model_, X))
         combined = np.einsum("k,knc->nc", weights, np.stack(scores))
         if self.is_classification:
