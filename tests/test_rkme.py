@@ -104,6 +104,45 @@ def test_batched_mmd_matches_pairwise_with_mixed_sizes():
     np.testing.assert_allclose(fast, want, atol=1e-5)
 
 
+def test_few_spec_products_and_exact_rescoring_match_numpy():
+    """gram_and_cross (mixtures) and exact_mmd2 (reported singles) against NumPy float64, with zero-weight padding."""
+    from learnware_cli.rkme import kernels
+    from learnware_cli.search.statistical import exact_mmd2
+
+    rng = np.random.default_rng(7)
+    user = random_spec(rng, 9, 4)
+    specs = [random_spec(rng, k, 4, shift=rng.normal()) for k in (5, 8, 3)]
+    zs, betas = np.zeros((3, 8, 4)), np.zeros((3, 8))
+    for i, s in enumerate(specs):
+        zs[i, : s.size], betas[i, : s.size] = s.z, s.beta
+    gram, cross = kernels.gram_and_cross(user.z, user.beta, zs, betas, user.gamma)
+    np.testing.assert_allclose(gram, [[np_inner(a, b) for b in specs] for a in specs], atol=1e-12)
+    np.testing.assert_allclose(cross, [np_inner(s, user) for s in specs], atol=1e-12)
+    mmd, selfs = exact_mmd2(user, zs, betas)
+    want = [np_inner(user, user) - 2 * np_inner(user, s) + np_inner(s, s) for s in specs]
+    np.testing.assert_allclose(mmd, want, atol=1e-12)
+    np.testing.assert_allclose(selfs, [np_inner(s, s) for s in specs], atol=1e-12)
+    # the mixture's MMD^2 from the products is that of the mixture written out as one spec
+    w = np.array([0.5, 0.2, 0.3])
+    mixed = RKMESpec(z=np.concatenate([s.z for s in specs]), beta=np.concatenate([wi * s.beta for wi, s in zip(w, specs)]), gamma=user.gamma)
+    assert float(kernels.mixture_mmd2(np_inner(user, user), gram, cross, w)) == pytest.approx(mmd2(user, mixed), abs=1e-12)
+
+
+def test_masked_qp_solves_the_subproblem():
+    from learnware_cli.rkme import kernels
+    from learnware_cli.rkme.spec import _qp
+
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(12, 3))
+    q = np_kernel(z, z, 0.3)
+    c = np_kernel(z, rng.normal(size=(200, 3)), 0.3).mean(axis=1)
+    active = np.zeros(12, dtype=bool)
+    active[[1, 4, 5, 9]] = True
+    w = np.asarray(kernels.solve_simplex_qp_masked(q, c, active))
+    assert np.all(w[~active] == 0) and w.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(w[active], np.asarray(_qp(q[np.ix_(active, active)], c[active])), atol=1e-8)
+
+
 def test_fit_is_deterministic_and_valid():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(700, 3))

@@ -16,6 +16,13 @@ Users are of three kinds:
 * mixture: held-out flights of two developers' groups, mixed in a random proportion;
 * new:     flights of a group that has no learnware in the market.
 
+Every user is searched twice, with the closest-mixture search (the default)
+and with the earlier greedy one, and the job selector reuses each mixture. A
+further set of label-free "pair" users, 60/40 from two groups (every pair of
+groups with held-out flights), compares the two mixture searches alone: how
+often the mixture holds both source groups, its MMD^2, and the job
+selector's loss on the user's rows.
+
 Every learnware's model runs only in the market's sandboxed workers
 (``open_learnwares``): each is asked once for its predictions on all users'
 rows, and the reusers then work on those cached outputs (cached.py).
@@ -51,7 +58,10 @@ METHOD_LABELS = {
     "oracle_best": "oracle: best single learnware",
     "mean_all": "mean over all learnwares",
 }
-LABEL_FREE = ("top1", "average_top3", "job_selector", "oracle_best", "mean_all")
+# label-free methods reported only in the mixture-search comparison (not in the main tables)
+COMPARISON_LABELS = {"job_selector_greedy": "job selector (greedy mixture search, before)"}
+MIXTURE_SEARCHES = {"closest": "closest mixture (now)", "greedy": "greedy (before)"}
+LABEL_FREE = ("top1", "average_top3", "job_selector", "job_selector_greedy", "oracle_best", "mean_all")
 LABELED = ("user_model", "ensemble_pruning", "feature_augment", "top2_user")
 KINDS = ("same", "mixture", "new")
 
@@ -72,6 +82,9 @@ class Config:
     rkme_k: int = 100
     search_k: int = 5
     worker_chunk: int = 8  # learnwares whose workers run at once
+    pair_users: Optional[int] = None  # 60/40 two-group users for the mixture-search comparison (None: every pair)
+    pair_rows: int = 1000
+    pair_share: float = 0.6
     jobs: int = 2
     seed: int = 0
 
@@ -90,6 +103,8 @@ QUICK = Config(
     n_same=2,
     n_mixture=1,
     n_new=1,
+    pair_users=6,
+    pair_rows=500,
     test_rows=300,
     rkme_k=30,
     jobs=1,
@@ -158,6 +173,26 @@ def plan(data, cfg: Config) -> tuple[list[Developer], list[User]]:
     return developers, users
 
 
+def plan_pairs(developers: list[Developer], cfg: Config) -> list[User]:
+    """Two-group users for the mixture-search comparison: cfg.pair_share / rest of cfg.pair_rows rows
+    from the held-out flights of two groups, for every pair of groups (or cfg.pair_users of them).
+
+    Drawn from their own random stream, so they leave plan()'s users unchanged.
+    """
+    rng = np.random.default_rng([cfg.seed, 1])
+    hosts = [d for d in developers if d.held is not None]
+    pairs = [(a, b) for a in range(len(hosts)) for b in range(a + 1, len(hosts))]
+    if cfg.pair_users is not None and cfg.pair_users < len(pairs):
+        pairs = [pairs[int(i)] for i in np.sort(rng.choice(len(pairs), size=cfg.pair_users, replace=False))]
+    users = []
+    for i, j in pairs:
+        a, b = (hosts[i], hosts[j]) if rng.random() < 0.5 else (hosts[j], hosts[i])
+        n_a = int(round(cfg.pair_share * cfg.pair_rows))
+        rows = np.concatenate([rng.choice(a.held, n_a, replace=False), rng.choice(b.held, cfg.pair_rows - n_a, replace=False)])
+        users.append(User(f"pair:{a.group}+{b.group}", "pair", [a.group, b.group], [cfg.pair_share, 1 - cfg.pair_share], rng.permutation(rows)))
+    return users
+
+
 # --------------------------------------------------------------------------- market
 
 
@@ -207,25 +242,41 @@ def build_market(data, developers: list[Developer], cfg: Config, out: Path):
     return market
 
 
-def search_users(data, users: list[User], market, cfg: Config) -> dict:
-    """Fit each user's RKME on its rows (no labels) and search the market -> {user name: RKMESpec}."""
+def search_users(data, users: list[User], market, cfg: Config, seed_offset: int = 1000) -> dict:
+    """Fit each user's RKME on its rows (no labels) and search the market -> {user name: RKMESpec}.
+
+    Each user is searched with both mixture searches (MIXTURE_SEARCHES):
+    user.search["mixture*"] is the default (closest) one, user.search["greedy"]
+    the earlier greedy one.
+    """
     from learnware_cli.rkme import fit_rkme
     from learnware_cli.search.engine import search
 
     specs = {}
     for number, user in enumerate(users):
-        spec = fit_rkme(data.X[user.rows], k=market.k, gamma=market.gamma, seed=cfg.seed + 1000 + number)
-        result = search(market, spec, k=cfg.search_k)
+        spec = fit_rkme(data.X[user.rows], k=market.k, gamma=market.gamma, seed=cfg.seed + seed_offset + number)
+        found = {method: search(market, spec, k=cfg.search_k, mixture_method=method) for method in MIXTURE_SEARCHES}
+        result = found["closest"]
         if result.mode != "statistical" or not result.single:
             raise RuntimeError(f"search found nothing for user {user.name}")
-        mixture = result.mixture["learnwares"] if result.mixture else result.single[:1]
+        mixtures = {}
+        for method, res in found.items():
+            items = res.mixture["learnwares"] if res.mixture else res.single[:1]
+            mixtures[method] = {
+                "mixture": [item["id"] for item in items],
+                "names": [item["name"] for item in items],
+                "weights": [float(item.get("weight", 1.0)) for item in items],
+                "mmd2": float(res.mixture["mmd2"] if res.mixture else res.single[0]["mmd2"]),
+            }
         user.search = {
             "single": [item["id"] for item in result.single],
             "single_names": [item["name"] for item in result.single],
             "single_mmd2": [float(item["mmd2"]) for item in result.single],
-            "mixture": [item["id"] for item in mixture],
-            "mixture_names": [item["name"] for item in mixture],
-            "mixture_weights": [float(item.get("weight", 1.0)) for item in mixture],
+            "mixture": mixtures["closest"]["mixture"],
+            "mixture_names": mixtures["closest"]["names"],
+            "mixture_weights": mixtures["closest"]["weights"],
+            "mixture_mmd2": mixtures["closest"]["mmd2"],
+            "greedy": mixtures["greedy"],
         }
         specs[user.name] = spec
     return specs
@@ -285,20 +336,28 @@ def _predicted(reuser, X, what: str) -> np.ndarray:
     return pred
 
 
+def job_selector_predictions(X, P_user, column_of, mixture: list, weights: list, user_spec, specs, seed: int) -> np.ndarray:
+    """The job selector's predictions on the rows X, routing among the learnwares of one search mixture."""
+    from learnware_cli.reuse import JobSelectorReuser
+
+    mixed = _cached_learnwares(X, P_user, [column_of[i] for i in mixture], mixture, specs, weights)
+    return _predicted(JobSelectorReuser(mixed, user_spec=user_spec, random_state=seed).fit(), X, "job_selector")
+
+
 def label_free_predictions(X, P_user, column_of, user: User, user_spec, specs, seed: int) -> dict:
     """Predictions on all of the user's rows of the methods that need no labels."""
-    from learnware_cli.reuse import AveragingReuser, JobSelectorReuser, SingleReuser
+    from learnware_cli.reuse import AveragingReuser, SingleReuser
 
     single = user.search["single"]
     ranked = _cached_learnwares(X, P_user, [column_of[i] for i in single], single, specs)
-    mixture = user.search["mixture"]
-    mixed = _cached_learnwares(X, P_user, [column_of[i] for i in mixture], mixture, specs, user.search["mixture_weights"])
-    reusers = {
-        "top1": SingleReuser(ranked),
-        "average_top3": AveragingReuser(ranked[:3]),
-        "job_selector": JobSelectorReuser(mixed, user_spec=user_spec, random_state=seed),
-    }
-    return {key: _predicted(reuser.fit(), X, key) for key, reuser in reusers.items()}
+    out = {key: _predicted(reuser.fit(), X, key) for key, reuser in {"top1": SingleReuser(ranked), "average_top3": AveragingReuser(ranked[:3])}.items()}
+    out["job_selector"] = job_selector_predictions(X, P_user, column_of, user.search["mixture"], user.search["mixture_weights"], user_spec, specs, seed)
+    greedy = user.search["greedy"]
+    if greedy["mixture"] == user.search["mixture"]:  # same learnwares: the selector re-solves the same weights
+        out["job_selector_greedy"] = out["job_selector"]
+    else:
+        out["job_selector_greedy"] = job_selector_predictions(X, P_user, column_of, greedy["mixture"], greedy["weights"], user_spec, specs, seed)
+    return out
 
 
 def labeled_losses(task: dict) -> dict:
@@ -348,7 +407,7 @@ def evaluate(data, users, developers, P, specs, user_specs, cfg: Config) -> list
     for u_number, user in enumerate(users):
         X, y, P_user = data.X[user.rows], data.y[user.rows], P[user.rows]
         free = label_free_predictions(X, P_user, column_of, user, user_specs[user.name], specs, cfg.seed)
-        losses = {m: {b: [] for b in cfg.budgets} for m in METHOD_LABELS}
+        losses = {m: {b: [] for b in cfg.budgets} for m in [*METHOD_LABELS, *COMPARISON_LABELS]}
         top = user.search["single"]
         for s in range(cfg.seeds):
             perm = np.random.default_rng([cfg.seed, u_number, s]).permutation(len(user.rows))
@@ -397,12 +456,179 @@ def evaluate(data, users, developers, P, specs, user_specs, cfg: Config) -> list
                     "top5_mmd2": user.search["single_mmd2"],
                     "mixture": [name_of[i] for i in mixture],
                     "mixture_weights": user.search["mixture_weights"],
+                    "mixture_mmd2": user.search["mixture_mmd2"],
+                    "greedy_mixture": [name_of[i] for i in user.search["greedy"]["mixture"]],
+                    "greedy_mixture_weights": user.search["greedy"]["weights"],
+                    "greedy_mixture_mmd2": user.search["greedy"]["mmd2"],
                     "own_group_rank": [single.index(i) + 1 if i in single else None for i in own_ids],
                 },
                 "losses": {m: {str(b): v for b, v in per.items()} for m, per in record["losses"].items()},
             }
         )
     return out
+
+
+def evaluate_pairs(data, pairs: list[User], developers, P, specs, user_specs, cfg: Config) -> list[dict]:
+    """Per pair user and mixture search: the mixture, whether it holds both source groups, its MMD^2,
+    and the job selector's MSE on all of the user's rows (label-free, so no split).
+
+    References: the best single learnware's MSE, and the MSE of the two source
+    groups' learnwares with every row routed to its own group's (an ideal router).
+    """
+    from learnware_cli.reuse.combine import prediction_loss
+
+    column_of = {d.id: j for j, d in enumerate(developers)}
+    group_column = {d.group: j for j, d in enumerate(developers)}
+    name_of = {d.id: d.group for d in developers}
+    out = []
+    for user in pairs:
+        X, y, P_user = data.X[user.rows], data.y[user.rows], P[user.rows]
+        done: dict = {}
+        searches = {}
+        for method in MIXTURE_SEARCHES:
+            found = user.search["greedy"] if method == "greedy" else {
+                "mixture": user.search["mixture"], "weights": user.search["mixture_weights"], "mmd2": user.search["mixture_mmd2"]
+            }
+            key = tuple(found["mixture"])
+            if key not in done:  # the same learnwares give the same routing (the selector re-solves the weights)
+                pred = job_selector_predictions(X, P_user, column_of, found["mixture"], found["weights"], user_specs[user.name], specs, cfg.seed)
+                done[key] = prediction_loss(REGRESSION, y, pred)
+            names = [name_of[i] for i in found["mixture"]]
+            searches[method] = {
+                "mixture": names,
+                "weights": found["weights"],
+                "mmd2": found["mmd2"],
+                "both_groups": set(user.groups) <= set(names),
+                "job_selector_mse": done[key],
+            }
+        routed = P_user[np.arange(len(user.rows)), [group_column[str(g)] for g in data.group[user.rows]]]
+        out.append(
+            {
+                "name": user.name,
+                "groups": user.groups,
+                "proportions": user.proportions,
+                "rows": int(len(user.rows)),
+                "searches": searches,
+                "best_single_mse": float(min(prediction_loss(REGRESSION, y, P_user[:, j]) for j in range(len(developers)))),
+                "own_groups_routed_mse": prediction_loss(REGRESSION, y, routed),
+            }
+        )
+    return out
+
+
+def mixture_search_summary(per_user: list[dict], pair_records: list[dict]) -> dict:
+    """Both mixture searches on the two-group users: {set: {method: figures}, set + "_compared": ...}.
+
+    Sets: "mixture" (the experiment's two-group users; job selector MSE on
+    their test rows, mean over seeds) and "pairs" (the 60/40 pair users; MSE on
+    all their rows). Figures: users, both_groups (mixtures that hold both
+    source groups), members (mean), mmd2_geomean, job_selector_mse (mean).
+    """
+    sets = {
+        "mixture": [
+            {
+                "groups": u["groups"],
+                "closest": (u["search"]["mixture"], u["search"]["mixture_mmd2"], float(np.mean(u["losses"]["job_selector"]["0"]))),
+                "greedy": (u["search"]["greedy_mixture"], u["search"]["greedy_mixture_mmd2"], float(np.mean(u["losses"]["job_selector_greedy"]["0"]))),
+            }
+            for u in per_user
+            if u["kind"] == "mixture"
+        ],
+        "pairs": [
+            {"groups": r["groups"], **{m: (s["mixture"], s["mmd2"], s["job_selector_mse"]) for m, s in r["searches"].items()}}
+            for r in pair_records
+        ],
+    }
+    summary: dict = {}
+    for name, rows in sets.items():
+        if not rows:
+            continue
+        summary[name] = {}
+        for method in MIXTURE_SEARCHES:
+            summary[name][method] = {
+                "users": len(rows),
+                "both_groups": sum(1 for r in rows if set(r["groups"]) <= set(r[method][0])),
+                "members": float(np.mean([len(r[method][0]) for r in rows])),
+                "mmd2_geomean": float(np.exp(np.mean(np.log([max(r[method][1], 1e-300) for r in rows])))),
+                "job_selector_mse": float(np.mean([r[method][2] for r in rows])),
+            }
+        ratio = np.array([r["closest"][1] / r["greedy"][1] for r in rows])
+        summary[name + "_compared"] = {
+            "closest_mmd2_lower": int(np.sum(ratio < 1 - 1e-3)),
+            "closest_mmd2_higher": int(np.sum(ratio > 1 + 1e-3)),
+            "closest_mmd2_max_ratio": float(ratio.max()),
+            "closest_mmd2_min_ratio": float(ratio.min()),
+            "job_selector_mse_ratio_geomean": float(np.exp(np.mean(np.log([r["closest"][2] / r["greedy"][2] for r in rows])))),
+        }
+    if pair_records:
+        summary["pairs_references"] = {
+            "best_single_mse": float(np.mean([r["best_single_mse"] for r in pair_records])),
+            "own_groups_routed_mse": float(np.mean([r["own_groups_routed_mse"] for r in pair_records])),
+        }
+    return summary
+
+
+def mixture_search_markdown(summary: dict, by_kind: dict, budgets, per_user: list[dict]) -> list[str]:
+    """The results.md section comparing the two mixture searches."""
+    titles = {
+        "mixture": "the experiment's {n} (30–70 % shares; job selector on their test rows)",
+        "pairs": "{n} pairs of groups, 60/40 (job selector on all their rows)",
+    }
+    lines = [
+        "## Mixture search: closest mixture (now) vs greedy (before), two-group users",
+        "",
+        "| two-group users | mixture search | both source groups in the mixture | members (mean) | mixture MMD² (geometric mean) | job selector MSE (mean) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, title in titles.items():
+        if name not in summary:
+            continue
+        for method, label in MIXTURE_SEARCHES.items():
+            f = summary[name][method]
+            lines.append(
+                f"| {title.format(n=f['users']) if method == 'closest' else ''} | {label} | {f['both_groups']} of {f['users']} | "
+                f"{f['members']:.2f} | {f['mmd2_geomean']:.3g} | {f['job_selector_mse']:.1f} |"
+            )
+    lines.append("")
+    for name, who in (("mixture", "the experiment's two-group users"), ("pairs", "pair users")):
+        if name not in summary:
+            continue
+        c = summary[name + "_compared"]
+        lines.append(
+            f"- {who}: the closest mixture's MMD² is lower than the greedy one's for {c['closest_mmd2_lower']} "
+            f"of {summary[name]['closest']['users']} users and higher for {c['closest_mmd2_higher']} (ratio "
+            f"{c['closest_mmd2_min_ratio']:.2f}–{c['closest_mmd2_max_ratio']:.2f}; a member that lowers it by less than "
+            f"5 % is dropped); job selector MSE, closest / greedy: {c['job_selector_mse_ratio_geomean']:.3f} (geometric mean)."
+        )
+    if "pairs_references" in summary:
+        r = summary["pairs_references"]
+        lines.append(
+            f"- pair users, references: the best single learnware {r['best_single_mse']:.1f}, the two source groups' "
+            f"learnwares with every row routed to its own group's {r['own_groups_routed_mse']:.1f} (MSE, mean)."
+        )
+    if "mixture" in by_kind:
+        table = by_kind["mixture"]
+        shown = [b for b in budgets if b > 0]
+        lines += [
+            "",
+            "Job selector on the experiment's two-group users, loss / the user's own model's (geometric mean):",
+            "",
+            "| mixture search | " + " | ".join(f"{b} labels" for b in shown) + " |",
+            "|---|" + "---:|" * len(shown),
+        ]
+        for method, key in (("closest", "job_selector"), ("greedy", "job_selector_greedy")):
+            lines.append(f"| {MIXTURE_SEARCHES[method]} | " + " | ".join(f"{table[key][str(b)]['ratio_to_user_model']:.2f}" for b in shown) + " |")
+    lines += ["", "Mixtures found for the experiment's two-group users (weights):", ""]
+    for u in per_user:
+        if u["kind"] != "mixture":
+            continue
+        shares = ", ".join(f"{g} {p:.2f}" for g, p in zip(u["groups"], u["proportions"]))
+        found = {
+            method: ", ".join(f"{n} {w:.3f}" for n, w in zip(u["search"][prefix + "mixture"], u["search"][prefix + "mixture_weights"]))
+            for method, prefix in (("closest", ""), ("greedy", "greedy_"))
+        }
+        lines.append(f"- {shares}: closest {found['closest']}; greedy {found['greedy']}")
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------- report
@@ -416,7 +642,7 @@ def summarise(per_user: list[dict], budgets, kinds=None) -> dict:
     """
     chosen = [u for u in per_user if kinds is None or u["kind"] in kinds]
     table: dict = {}
-    for method in METHOD_LABELS:
+    for method in [*METHOD_LABELS, *COMPARISON_LABELS]:
         table[method] = {}
         for b in budgets:
             values = np.array([v for u in chosen for v in u["losses"][method][str(b)]], dtype=np.float64)
@@ -447,7 +673,7 @@ def markdown_table(table: dict, budgets, field_name: str = "mean") -> str:
     return "\n".join(lines)
 
 
-def search_summary(per_user: list[dict]) -> str:
+def search_summary(per_user: list[dict], mixture_summary: Optional[dict] = None) -> str:
     same = [u for u in per_user if u["kind"] == "same"]
     mix = [u for u in per_user if u["kind"] == "mixture"]
     parts = []
@@ -456,7 +682,14 @@ def search_summary(per_user: list[dict]) -> str:
         parts.append(f"the user's own group's learnware ranked first for {first} of {len(same)} same-group users")
     if mix:
         both = sum(1 for u in mix if set(u["groups"]) <= set(u["search"]["mixture"]))
-        parts.append(f"the search's mixture held both source groups for {both} of {len(mix)} mixture users")
+        greedy = sum(1 for u in mix if set(u["groups"]) <= set(u["search"]["greedy_mixture"]))
+        parts.append(f"the search's mixture held both source groups for {both} of {len(mix)} mixture users ({greedy} with the earlier greedy search)")
+    if mixture_summary and "pairs" in mixture_summary:
+        pairs = mixture_summary["pairs"]
+        parts.append(
+            f"and for {pairs['closest']['both_groups']} of {pairs['closest']['users']} 60/40 pair users "
+            f"({pairs['greedy']['both_groups']} with the greedy search)"
+        )
     return "; ".join(parts)
 
 
@@ -523,10 +756,11 @@ def plot(table: dict, budgets, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, cfg: Config, data, developers, per_user, timings: dict, quick: bool) -> str:
+def write_outputs(out: Path, cfg: Config, data, developers, per_user, pair_records, timings: dict, quick: bool) -> str:
     budgets = list(cfg.budgets)
     overall = summarise(per_user, budgets)
     by_kind = {k: summarise(per_user, budgets, [k]) for k in KINDS if any(u["kind"] == k for u in per_user)}
+    mixtures = mixture_search_summary(per_user, pair_records)
     counts = {k: sum(1 for u in per_user if u["kind"] == k) for k in KINDS}
     main = markdown_table(overall, budgets)
     md = [
@@ -538,7 +772,7 @@ def write_outputs(out: Path, cfg: Config, data, developers, per_user, timings: d
         f"RKME K={cfg.rkme_k}, gamma=1/{data.X.shape[1]}. Users: {counts['same']} from a developer's held-out flights, "
         f"{counts['mixture']} mixing two developers' held-out flights, {counts['new']} from a group with no learnware; "
         f"each has {cfg.test_rows} test rows and up to {max(budgets)} labeled rows; {cfg.seeds} seeds "
-        f"(random test/labeled splits). Search: {search_summary(per_user)}.",
+        f"(random test/labeled splits). Search: {search_summary(per_user, mixtures)}.",
         "",
         "## Test MSE (minutes²), mean ± std over users × seeds",
         "",
@@ -551,6 +785,7 @@ def write_outputs(out: Path, cfg: Config, data, developers, per_user, timings: d
     ]
     for kind, table in by_kind.items():
         md += [f"## {kind} users only ({counts[kind]}): MSE, then ratio to the user's own model", "", markdown_table(table, budgets), "", markdown_table(table, budgets, "ratio"), ""]
+    md += mixture_search_markdown(mixtures, by_kind, budgets, per_user)
     md += [
         "## Runtime",
         "",
@@ -569,11 +804,12 @@ def write_outputs(out: Path, cfg: Config, data, developers, per_user, timings: d
             "standardise_mean": data.mean.tolist(),
             "standardise_std": data.std.tolist(),
         },
-        "methods": METHOD_LABELS,
+        "methods": {**METHOD_LABELS, **COMPARISON_LABELS},
         "developers": [{"group": d.group, "id": d.id, "train_rows": int(len(d.train))} for d in developers],
         "summary": overall,
         "summary_by_kind": by_kind,
         "users": per_user,
+        "mixture_search": {"methods": MIXTURE_SEARCHES, "summary": mixtures, "pairs": pair_records},
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
@@ -608,20 +844,25 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
     with threadpool_limits(1):
         data = load_flights()
         developers, users = plan(data, cfg)
-        log(f"data: {len(data.y)} flights; {len(developers)} developers; {len(users)} users")
+        pairs = plan_pairs(developers, cfg)
+        log(f"data: {len(data.y)} flights; {len(developers)} developers; {len(users)} users; {len(pairs)} pair users")
         lap("data")
         market = build_market(data, developers, cfg, out)
         log(f"market: {len(developers)} learnwares submitted and accepted into {out / 'market'}")
         lap("market")
         user_specs = search_users(data, users, market, cfg)
+        user_specs.update(search_users(data, pairs, market, cfg, seed_offset=5000))
         lap("search")
-        P, specs = predict_in_workers(data, users, developers, market, cfg)
+        P, specs = predict_in_workers(data, users + pairs, developers, market, cfg)
         log("predictions: every learnware run once on every user's rows, in its worker")
         lap("workers")
         per_user = evaluate(data, users, developers, P, specs, user_specs, cfg)
         lap("reuse")
+        pair_records = evaluate_pairs(data, pairs, developers, P, specs, user_specs, cfg)
+        log(f"mixture searches compared on {len(pairs)} pair users")
+        lap("pairs")
     timings["total"] = time.monotonic() - started
-    table = write_outputs(out, cfg, data, developers, per_user, timings, quick)
+    table = write_outputs(out, cfg, data, developers, per_user, pair_records, timings, quick)
     log("")
     log(table)
     log("")

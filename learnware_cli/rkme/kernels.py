@@ -32,13 +32,48 @@ def inner_product(z1, beta1, z2, beta2, gamma):
     return beta1 @ gaussian_kernel(z1, z2, gamma) @ beta2
 
 
+def mmd2_from_products(own, cross, selfs):
+    """MMD^2 from inner products: ||u - s||^2 = <u,u> - 2<u,s> + <s,s>.
+
+    own = <u,u>, cross = <u,s>, selfs = <s,s>: scalars or arrays of one
+    broadcastable shape (e.g. own scalar, cross and selfs (M,) -> (M,)).
+    Plain arithmetic, so it serves JAX and NumPy arrays, float32 and float64
+    alike: every MMD^2 in lw is this one formula.
+    """
+    return own - 2.0 * cross + selfs
+
+
 def mmd2(z1, beta1, z2, beta2, gamma):
-    """MMD^2 = <1,1> - 2<1,2> + <2,2> between two RKMEs -> scalar."""
-    return (
-        inner_product(z1, beta1, z1, beta1, gamma)
-        - 2.0 * inner_product(z1, beta1, z2, beta2, gamma)
-        + inner_product(z2, beta2, z2, beta2, gamma)
+    """MMD^2 = <1,1> - 2<1,2> + <2,2> between two RKMEs z1 (K1, d), z2 (K2, d) -> scalar."""
+    return mmd2_from_products(
+        inner_product(z1, beta1, z1, beta1, gamma),
+        inner_product(z1, beta1, z2, beta2, gamma),
+        inner_product(z2, beta2, z2, beta2, gamma),
     )
+
+
+def mmd2_to_specs(z, beta, zs, betas, gamma):
+    """MMD^2 from one RKME z (K, d), beta (K,) to each of a few specs zs (M, K2, d), betas (M, K2).
+
+    -> (mmd2 (M,), selfs (M,) = <S_m, S_m>). Zero-weight padding is inert. For
+    re-scoring a handful of results exactly (in float64): memory is
+    M * K2 * max(K, K2) kernel entries; a whole market goes through
+    cross_inner_products instead.
+    """
+    own = inner_product(z, beta, z, beta, gamma)
+    cross = jax.vmap(lambda zm, bm: inner_product(z, beta, zm, bm, gamma))(zs, betas)
+    selfs = jax.vmap(lambda zm, bm: inner_product(zm, bm, zm, bm, gamma))(zs, betas)
+    return mmd2_from_products(own, cross, selfs), selfs
+
+
+def mixture_mmd2(own, gram, cross, w):
+    """MMD^2 from u to the mixture sum_m w_m S_m: <u,u> - 2 c^T w + w^T G w.
+
+    own = <u,u> scalar, gram G (M, M) = <S_m, S_n>, cross c (M,) = <S_m, u>,
+    w (M,) -> scalar. Equals <u,u> + 2 (1/2 w^T G w - c^T w), twice the
+    simplex QP's objective plus <u,u>.
+    """
+    return mmd2_from_products(own, cross @ w, w @ gram @ w)
 
 
 def self_inner_products(zs, betas, gamma, batch_size=64):
@@ -79,15 +114,20 @@ def gram_and_cross(user_z, user_beta, zs, betas, gamma):
     """Products among a few specs and with a user's: G (M, M) = <S_m, S_n>, c (M,) = <S_m, u>.
 
     zs (M, K, d), betas (M, K) (zero weights are padding), user (K_u, d), (K_u,).
-    All M*K points go through one kernel matrix (one matmul, one exp), folded to
-    (M, M) blocks by the weights; memory is (M K)^2 entries, so this is for the
-    handful of specs a mixture is made of. Computes in the dtype of the inputs.
+    G_mn = beta_m^T k(z_m, z_n) beta_n, computed one row m at a time against
+    all M*K points (one matmul and one exp per row), so memory is K * M * K
+    entries and each row's kernel block stays in cache: this is for the few
+    dozen specs a mixture is chosen from. Computes in the dtype of the inputs.
     """
     m, k, d = zs.shape
     points = zs.reshape(m * k, d)
     weights = betas.reshape(m * k)
-    kernel = gaussian_kernel(points, points, gamma) * weights[:, None] * weights[None, :]
-    gram = kernel.reshape(m, k, m, k).sum(axis=(1, 3))
+
+    def row(args):
+        z_row, beta_row = args
+        return ((beta_row @ gaussian_kernel(z_row, points, gamma)) * weights).reshape(m, k).sum(axis=1)
+
+    gram = jax.lax.map(row, (zs, betas))
     cross = (weights * (gaussian_kernel(points, user_z, gamma) @ user_beta)).reshape(m, k).sum(axis=1)
     return gram, cross
 
@@ -162,6 +202,23 @@ def solve_simplex_qp(q, c, max_iter=60, tol=1e-13):
     return w / jnp.sum(w)
 
 
+def solve_simplex_qp_masked(q, c, active):
+    """The simplex QP of solve_simplex_qp over the active variables only; the others get weight 0.
+
+    q (K, K), c (K,), active (K,) bool with at least one True -> w (K,),
+    w >= 0, sum(w) = 1, w = 0 off active. Fixed shapes, so a program can
+    re-solve over changing subsets without recompiling: inactive rows become
+    an identity block scaled like q with a large negative linear term, which
+    drives them to the boundary without disturbing the active block's scale.
+    """
+    both = active[:, None] & active[None, :]
+    scale = jnp.maximum(jnp.max(jnp.abs(jnp.where(both, q, 0.0))), 1e-300)
+    q_masked = jnp.where(both, q, jnp.eye(q.shape[0], dtype=q.dtype) * scale)
+    c_masked = jnp.where(active, c, -1e3 * scale)
+    w = jnp.where(active, solve_simplex_qp(q_masked, c_masked), 0.0)
+    return w / jnp.sum(w)
+
+
 def optimal_weights(z, x, x_weights, gamma):
     """beta minimising ||sum_j beta_j k(z_j,.) - sum_i a_i k(x_i,.)||^2 on the simplex.
 
@@ -189,16 +246,19 @@ def approximation_error(z, beta, x, x_weights, gamma, block):
 
     The data's own term is summed ``block`` rows at a time (see blocked_self_product).
     """
-    return (
-        inner_product(z, beta, z, beta, gamma)
-        - 2.0 * inner_product(z, beta, x, x_weights, gamma)
-        + blocked_self_product(x, x_weights, gamma, block)
+    return mmd2_from_products(
+        inner_product(z, beta, z, beta, gamma),
+        inner_product(z, beta, x, x_weights, gamma),
+        blocked_self_product(x, x_weights, gamma, block),
     )
 
 
 def fit_objective(z, beta, x, x_weights, gamma):
-    """The part of approximation_error that depends on (z, beta): b^T k(z,z) b - 2 b^T k(z,x) a."""
-    return inner_product(z, beta, z, beta, gamma) - 2.0 * inner_product(z, beta, x, x_weights, gamma)
+    """The part of approximation_error that depends on (z, beta): b^T k(z,z) b - 2 b^T k(z,x) a.
+
+    z (K, d), x (n, d) -> scalar: the MMD^2 less the data's own term, a^T k(x,x) a.
+    """
+    return mmd2_from_products(inner_product(z, beta, z, beta, gamma), inner_product(z, beta, x, x_weights, gamma), 0.0)
 
 
 def kmeans_plus_plus(key, x, x_weights, k):

@@ -364,7 +364,7 @@ def mmd2_to_many(user: RKMESpec, stack: SpecStack) -> np.ndarray:
     cross = _cross(user.z, user.beta, stack.zs, stack.sq_norms, stack.betas, user.gamma, block=stack.block)
     cross = np.asarray(cross, dtype=np.float64)
     own = float(_inner(user.z, user.beta, user.z, user.beta, user.gamma))
-    return (own - 2.0 * cross + stack.self_products)[: stack.count]
+    return kernels.mmd2_from_products(own, cross, stack.self_products)[: stack.count]
 
 
 _gram_and_cross = jax.jit(kernels.gram_and_cross)
@@ -381,9 +381,9 @@ def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarr
     _check_compatible(user, specs[0])
     gram, cross = (np.asarray(a) for a in _gram_and_cross(user.z, user.beta, stack.zs, stack.betas, stack.gamma))
     w = np.asarray(_qp(jnp.asarray(gram), jnp.asarray(cross)))
-    objective = float(0.5 * w @ gram @ w - cross @ w)
     own = inner_product(user, user)
-    return w, objective, own + 2.0 * objective
+    mixture_mmd = float(kernels.mixture_mmd2(own, gram, cross, w))
+    return w, (mixture_mmd - own) / 2.0, mixture_mmd
 
 
 _herd = jax.jit(kernels.herd, static_argnames=("n_samples", "n_candidates"))

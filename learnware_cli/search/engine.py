@@ -64,8 +64,14 @@ def search(
     all_versions: bool = False,
     mixture: bool = True,
     progress: Optional[Callable[[int, int], None]] = None,
+    mixture_method: str = "closest",
 ) -> SearchResult:
-    """Find learnwares for a user: see the module docstring for the rules."""
+    """Find learnwares for a user: see the module docstring for the rules.
+
+    mixture_method: "closest" (the closest mixture of the pool, see
+    statistical.closest_mixture_arrays) or "greedy" (the earlier greedy
+    search, kept to compare the two on the same users).
+    """
     index = market.read_index()
     result = SearchResult(market=str(market.root))
     filtered = bool(tags) or bool(text)
@@ -95,19 +101,20 @@ def search(
         return result
 
     from learnware_cli.rkme.spec import mmd2_to_many
-    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, greedy_mixture, self_product, similarity
+    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, find_mixture, self_product, similarity
 
     distances = mmd2_to_many(user_spec, _device_stack(market, stack, user_spec.dim, all_versions))[rows]
     order = rows[np.argsort(distances, kind="stable")]
-    own = self_product(user_spec)
-    for row in order[:k]:
+    top = order[:k]
+    mmd, selfs = exact_mmd2(user_spec, stack.zs[top], stack.betas[top])
+    scores = similarity(mmd, self_product(user_spec), selfs)
+    for row, row_mmd, score in zip(top, mmd, scores):
         _, entry, record = members[row]
-        mmd, selfs = exact_mmd2(user_spec, own, stack.zs[row], stack.betas[row])
-        result.single.append({**_describe(entry, record), "mmd2": max(mmd, 0.0), "score": round(float(similarity(mmd, own, selfs)), 4)})
+        result.single.append({**_describe(entry, record), "mmd2": max(float(row_mmd), 0.0), "score": round(float(score), 4)})
 
     if mixture and k > 1:
         pool = order[:MIXTURE_POOL]
-        found = greedy_mixture(user_spec, stack.zs[pool], stack.betas[pool], max_size=k)
+        found = find_mixture(user_spec, stack.zs[pool], stack.betas[pool], max_size=k, method=mixture_method)
         result.mixture = {
             "learnwares": [
                 {**_describe(members[pool[p]][1], members[pool[p]][2]), "weight": round(float(w), 6)}
