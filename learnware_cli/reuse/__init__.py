@@ -15,7 +15,7 @@ import JAX (only the job selector's fit does).
 from __future__ import annotations
 
 from learnware_cli.errors import InputError
-from learnware_cli.reuse.auto import AutoReuser
+from learnware_cli.reuse.auto import CANDIDATES, AutoReuser
 from learnware_cli.reuse.base import (
     CLASSIFICATION,
     REGRESSION,
@@ -32,15 +32,7 @@ from learnware_cli.reuse.pruning import EnsemblePruningReuser
 from learnware_cli.reuse.simple import AveragingReuser, SingleReuser
 from learnware_cli.reuse.user_ensemble import UserEnsembleReuser
 
-METHODS: dict[str, type[BaseReuser]] = {
-    "single": SingleReuser,
-    "average": AveragingReuser,
-    "job-selector": JobSelectorReuser,
-    "ensemble-pruning": EnsemblePruningReuser,
-    "feature-augment": FeatureAugmentReuser,
-    "user-ensemble": UserEnsembleReuser,
-    "auto": AutoReuser,
-}
+METHODS: dict[str, type[BaseReuser]] = {**CANDIDATES, "auto": AutoReuser}
 
 
 def get_method(method: str) -> type[BaseReuser]:

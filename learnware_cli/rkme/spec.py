@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from learnware_cli.data_io import as_matrix
+from learnware_cli.data_io import as_matrix, fill_column_means
 from learnware_cli.errors import InputError, SpecError
 from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
 from learnware_cli.rkme import kernels
@@ -122,16 +122,8 @@ def clean_data(x) -> np.ndarray:
     (n, d) array-like -> float64 (n, d). Raises InputError for a non-2-D or
     empty array, a non-numeric one, or a column with no finite value.
     """
-    x = np.array(as_matrix(x, numeric=True))  # a copy: the caller's array is not modified
-    bad = ~np.isfinite(x)
-    if bad.any():
-        finite_count = (~bad).sum(axis=0)
-        empty = np.flatnonzero(finite_count == 0)
-        if empty.size:
-            raise InputError(f"column {int(empty[0])} has no finite value (all NaN or Inf)")
-        col_means = np.where(bad, 0.0, x).sum(axis=0) / finite_count
-        x = np.where(bad, col_means[None, :], x)
-    return x
+    filled, _ = fill_column_means(as_matrix(x, numeric=True))  # a copy: the caller's array is not modified
+    return filled
 
 
 def _bucket(n: int, floor: int) -> int:
