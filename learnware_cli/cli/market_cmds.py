@@ -73,7 +73,7 @@ def show(
     Example: lw show 00000001 --market ./market
     """
     from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
-    from learnware_cli.rkme.spec import RKMESpec
+    from learnware_cli.specs import load_spec
 
     opened = open_market(market)
     learnware_id, version = parse_learnware_ref(ref)
@@ -87,8 +87,8 @@ def show(
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     with open(folder / "rkme.json") as fh:
         raw = json.load(fh)
-    spec = RKMESpec.from_json_dict(raw, source=str(folder / "rkme.json"))
-    spec_summary = {"type": "RKMETableSpecification", "K": spec.size, "dim": spec.dim, "gamma": spec.gamma, "num_points": spec.num_points}
+    spec = load_spec(raw, source=str(folder / "rkme.json"))
+    spec_summary = spec.summary()
     name = _version_name(semantic, entry)
     data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report, "package_verified": True}
 
@@ -96,7 +96,7 @@ def show(
         console.print(f"[bold]{safe(name)}[/] ({safe(learnware_id)} v{record['version']})", highlight=False)
         pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
         pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
-        pairs += [("RKME", f"K={spec.size}, d={spec.dim}, gamma={spec.gamma:g}, fitted on {spec.num_points} rows")]
+        pairs += [("RKME", spec.describe())]
         pairs += [("checksum", record["checksum"][:16] + "… (package.zip verified)")]
         console.print(key_values(pairs))
         console.print(table("versions", ["version", "submitted", "checksum", "notes"], [[r["version"], r["submitted"], r["checksum"][:12], r.get("notes", "")] for r in entry["versions"]]))

@@ -38,9 +38,9 @@ def search(
     query = parse_tag_filters(tag, opened.vocabulary)
     user_spec = None
     if spec is not None:
-        from learnware_cli.rkme.spec import RKMESpec
+        from learnware_cli.specs import load_spec
 
-        user_spec = RKMESpec.load(spec)
+        user_spec = load_spec(spec)
     elif data is not None:
         from learnware_cli.data_io import read_matrix
         from learnware_cli.rkme import fit_rkme

@@ -118,7 +118,7 @@ class CheckReport:
     package: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
     update: dict = field(default_factory=dict)  # for a new version: the breaking changes accepted
-    rkme: object = field(default=None, repr=False)  # the parsed RKMESpec, for the caller to store
+    rkme: object = field(default=None, repr=False)  # the parsed specification (an RKMESpec today), for the caller to store
 
     @property
     def passed_names(self) -> list:
@@ -212,7 +212,8 @@ def check_update(old: dict, new: dict, allow_breaking: bool) -> dict:
 
 def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> dict:
     """Spec sanity against the semantic spec and the market's settings; returns a summary."""
-    z, beta = np.asarray(spec.z), np.asarray(spec.beta)
+    z, beta = spec.stack_arrays()
+    island = spec.island_key()
     if not (np.all(np.isfinite(z)) and np.all(np.isfinite(beta))):
         _reject("spec", "z and beta must be finite (found NaN or Inf)")
     biggest = float(np.max(np.abs(z)))
@@ -224,10 +225,10 @@ def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> d
     if abs(total - 1.0) > BETA_SUM_TOL:
         _reject("spec", f"beta sums to {total:.9g}, not 1 (tolerance {BETA_SUM_TOL:g})")
     input_dim = semantic.get("Input", {}).get("Dimension")
-    if input_dim is not None and spec.dim != input_dim:
-        _reject("spec", f"spec dimension {spec.dim} differs from semantic Input.Dimension {input_dim}")
-    if not math.isclose(spec.gamma, gamma, rel_tol=GAMMA_REL_TOL):
-        _reject("spec", f"spec gamma {spec.gamma:g} differs from the market's gamma {gamma:g}")
+    if input_dim is not None and island.dim != input_dim:
+        _reject("spec", f"spec dimension {island.dim} differs from semantic Input.Dimension {input_dim}")
+    if not math.isclose(island.gamma, gamma, rel_tol=GAMMA_REL_TOL):
+        _reject("spec", f"spec gamma {island.gamma:g} differs from the market's gamma {gamma:g}")
     if k is not None and spec.size > k:
         _reject("spec", f"spec has {spec.size} reduced-set points, the market allows at most {k}")
     return {"dim": spec.dim, "k": spec.size, "gamma": spec.gamma, "num_points": spec.num_points, "beta_sum": total}

@@ -125,7 +125,7 @@ class PackageInfo:
     zip_path: Path
     scan: ArchiveScan
     manifest: Manifest
-    spec: object  # learnware_cli.rkme.RKMESpec
+    spec: object  # a learnware_cli.specs.Specification (today an RKMESpec)
     semantic: Optional[dict]  # validated and normalised, or None when the zip has none
     semantic_raw: Optional[dict]
     requirements_file: Optional[str]
@@ -577,9 +577,9 @@ def read_manifest(zip_path, scan: ArchiveScan, limits: Optional[PackageLimits] =
 
 
 def read_spec(zip_path, scan: ArchiveScan, manifest: Manifest, limits: Optional[PackageLimits] = None):
-    """Parse the RKME json into an RKMESpec (the 'spec' check's parse step)."""
+    """Parse the spec JSON into a Specification by its "type" (the 'spec' check's parse step)."""
     from learnware_cli.errors import SpecError
-    from learnware_cli.rkme import RKMESpec
+    from learnware_cli.specs import load_spec
 
     limits = limits or PackageLimits()
     text = _read_text(zip_path, scan, manifest.spec_file, limits.max_spec_bytes, "spec")
@@ -588,7 +588,7 @@ def read_spec(zip_path, scan: ArchiveScan, manifest: Manifest, limits: Optional[
     except JSONProblem as exc:
         _reject("spec", str(exc))
     try:
-        return RKMESpec.from_json_dict(obj, source=manifest.spec_file)
+        return load_spec(obj, source=manifest.spec_file)
     except SpecError as exc:
         _reject("spec", exc.message)
 

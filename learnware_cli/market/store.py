@@ -729,13 +729,13 @@ class Market:
 
     def _reconstruct(self, folder: Path, learnware_id: str, version: int) -> dict:
         """The record.json document of a folder without one, from the files every market version holds."""
-        from learnware_cli.rkme.spec import RKMESpec
+        from learnware_cli.specs import load_spec
 
         semantic = _read_json(folder / "semantic.json")
         if not isinstance(semantic, dict):
             raise _Skip("no record.json and semantic.json is unreadable; left as it is")
         try:
-            spec = RKMESpec.from_json_dict(_read_json(folder / "rkme.json"), source="rkme.json")
+            spec = load_spec(_read_json(folder / "rkme.json"), source="rkme.json")
         except LwError as exc:
             raise _Skip(f"no record.json and {exc.message}; left as it is") from None
         package = folder / "package.zip"

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -19,11 +19,13 @@ from learnware_cli.data_io import as_matrix, fill_column_means
 from learnware_cli.errors import InputError, SpecError
 from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
 from learnware_cli.rkme import kernels
+from learnware_cli.specs.base import IslandKey, StackArrays, read_json
 
 import jax
 import jax.numpy as jnp
 
 SPEC_TYPE = "RKMETableSpecification"
+TABLE_KIND = "table"  # the island kind of table RKMEs
 DEFAULT_GAMMA = 0.1
 DEFAULT_K = 100
 DEFAULT_STEPS = 3
@@ -35,7 +37,12 @@ class RKMESpec:
 
     ``num_points`` is the number of rows it was fitted on (kept for the
     reference format; it does not enter any computation).
+
+    It implements ``learnware_cli.specs.Specification`` (registered there as
+    ``RKMETableSpecification`` and ``RKMEStatSpecification``).
     """
+
+    type_name: ClassVar[str] = SPEC_TYPE
 
     z: np.ndarray
     beta: np.ndarray
@@ -100,20 +107,38 @@ class RKMESpec:
 
     @classmethod
     def load(cls, path) -> "RKMESpec":
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"{path}: cannot read ({exc})") from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        except (ValueError, RecursionError) as exc:  # an integer over Python's 4300-digit limit; deep nesting
-            raise SpecError(f"{path}: unreadable JSON ({exc})") from None
-        return cls.from_json_dict(obj, source=str(path))
+        return cls.from_json_dict(read_json(path), source=str(Path(path)))
+
+    # ------------------------------------------------------------------ the Specification interface
+
+    @classmethod
+    def fit(cls, data, **params) -> "RKMESpec":
+        """fit_rkme(data, **params): k, gamma, steps, seed, ..."""
+        return fit_rkme(data, **params)
+
+    def island_key(self) -> IslandKey:
+        """("table", input dimension, gamma): table RKMEs compare only within one."""
+        return IslandKey(TABLE_KIND, self.dim, float(self.gamma))
+
+    def stack_arrays(self) -> StackArrays:
+        """(z (K, d), beta (K,)) as float64 arrays, what a SpecStack and the search cache hold."""
+        return StackArrays(np.asarray(self.z, dtype=np.float64), np.asarray(self.beta, dtype=np.float64))
+
+    def mmd2(self, other: "RKMESpec") -> float:
+        """MMD^2 to another table RKME of the same island (``mmd2``)."""
+        return mmd2(self, other)
+
+    def mmd2_to_stack(self, stack: "SpecStack") -> np.ndarray:
+        """MMD^2 to every spec of a SpecStack, float64 (M,) (``mmd2_to_many``)."""
+        return mmd2_to_many(self, stack)
+
+    def summary(self) -> dict:
+        """{"type", "K", "dim", "gamma", "num_points"}: what `lw show --json` reports."""
+        return {"type": self.type_name, "K": self.size, "dim": self.dim, "gamma": self.gamma, "num_points": self.num_points}
+
+    def describe(self) -> str:
+        """One line for people: size, dimension, gamma, rows fitted on."""
+        return f"K={self.size}, d={self.dim}, gamma={self.gamma:g}, fitted on {self.num_points} rows"
 
 
 def clean_data(x) -> np.ndarray:

@@ -197,19 +197,21 @@ def build(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> CachedStack:
     """Stack the specs of members, reusing rows of previous where the key matches."""
-    from learnware_cli.rkme.spec import STACK_BLOCK, RKMESpec, SpecStack
+    from learnware_cli.rkme.spec import STACK_BLOCK, SpecStack
+    from learnware_cli.specs import load_spec
 
     reuse = {}
     if previous is not None and np.isclose(previous.gamma, market.gamma):
         reuse = {str(k): i for i, k in enumerate(previous.keys)}
-    fresh: list[tuple[int, RKMESpec]] = []
+    fresh: list = []  # (position, Specification)
     for position, (key, entry, record) in enumerate(members):
         if key not in reuse:
             raw = json.loads((market.version_dir(entry["id"], record["version"]) / "rkme.json").read_text())
-            fresh.append((position, RKMESpec.from_json_dict(raw, source=key)))
+            fresh.append((position, load_spec(raw, source=key)))
             if progress and len(fresh) % 200 == 0:
                 progress(len(fresh), len(members))
-    k_max = max([s.size for _, s in fresh] + ([previous.zs.shape[1]] if reuse else [1]))
+    fresh_arrays = [spec.stack_arrays() for _, spec in fresh]
+    k_max = max([len(a.beta) for a in fresh_arrays] + ([previous.zs.shape[1]] if reuse else [1]))
     # rows beyond len(members) are zero-weight padding up to a block multiple, stored as such
     # so that loading the stack onto the device needs no copy to pad it
     m = -(-len(members) // STACK_BLOCK) * STACK_BLOCK
@@ -226,9 +228,9 @@ def build(
     if fresh:
         fresh_stack = SpecStack.from_specs([s for _, s in fresh], dtype="float64")
         fresh_selfs = fresh_stack.self_products[: len(fresh)]
-        for (position, spec), own in zip(fresh, fresh_selfs):
-            zs[position, : spec.size] = spec.z
-            betas[position, : spec.size] = spec.beta
+        for (position, _), arrays, own in zip(fresh, fresh_arrays, fresh_selfs):
+            zs[position, : len(arrays.beta)] = arrays.z
+            betas[position, : len(arrays.beta)] = arrays.beta
             selfs[position] = own
     keys = np.array([key for key, _, _ in members], dtype=str)
     return CachedStack(keys=keys, zs=zs, betas=betas, self_products=selfs, generation=generation, gamma=market.gamma)

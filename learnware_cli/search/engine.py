@@ -1,14 +1,14 @@
 """Search a market: semantic filters first, then statistical ranking within the user's island.
 
-The island of a user's RKME is the learnwares with the same data type (table),
-the same input dimension and the market's gamma; only those can be compared
-by MMD. The result's ``to_dict`` is what `lw search --json` prints and what
-`lw reuse --from` reads.
+The island of a user's RKME (its ``island_key()``: kind, input dimension,
+gamma) is the learnwares with the same data type (table), the same input
+dimension and the market's gamma; only those can be compared by MMD. The
+result's ``to_dict`` is what `lw search --json` prints and what `lw reuse
+--from` reads.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -16,9 +16,10 @@ import numpy as np
 
 from learnware_cli.errors import SpecError
 from learnware_cli.market.store import Market
-from learnware_cli.rkme.spec import RKMESpec
+from learnware_cli.rkme.spec import TABLE_KIND, RKMESpec
 from learnware_cli.search import cache
 from learnware_cli.search.semantic import semantic_search, values_of
+from learnware_cli.specs import IslandKey, same_island
 
 
 
@@ -81,14 +82,17 @@ def search(
         result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
         return result
 
-    if not math.isclose(user_spec.gamma, market.gamma, rel_tol=1e-9):
+    island = user_spec.island_key()
+    if island.kind != TABLE_KIND:  # the cache stacks table RKMEs only (one stack per input dimension)
+        raise SpecError(f"search compares table specifications only; yours is a {user_spec.type_name}")
+    if not same_island(island, IslandKey(TABLE_KIND, island.dim, market.gamma)):
         raise SpecError(
-            f"your specification uses gamma {user_spec.gamma:g} but this market uses {market.gamma:g}; "
+            f"your specification uses gamma {island.gamma:g} but this market uses {market.gamma:g}; "
             f"fit it with `lw spec DATA --market {market.root}`"
         )
     result.mode = "statistical"
     result.user = {"dim": user_spec.dim, "K": user_spec.size, "gamma": user_spec.gamma}
-    stack, members = cache.current(market, index, user_spec.dim, all_versions=all_versions, progress=progress)
+    stack, members = cache.current(market, index, island.dim, all_versions=all_versions, progress=progress)
     if stack is None:
         return result
     if filtered:
@@ -100,10 +104,9 @@ def search(
     if rows.size == 0:
         return result
 
-    from learnware_cli.rkme.spec import mmd2_to_many
     from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, find_mixture, self_product, similarity
 
-    distances = mmd2_to_many(user_spec, _device_stack(market, stack, user_spec.dim, all_versions))[rows]
+    distances = user_spec.mmd2_to_stack(_device_stack(market, stack, island.dim, all_versions))[rows]
     order = rows[np.argsort(distances, kind="stable")]
     top = order[:k]
     mmd, selfs = exact_mmd2(user_spec, stack.zs[top], stack.betas[top])
