@@ -43,6 +43,7 @@ from typing import Iterator, Optional
 import yaml
 
 from learnware_cli.errors import RejectedError
+from learnware_cli.specs.registry import known_types
 
 MiB = 1024 * 1024
 
@@ -50,7 +51,6 @@ MANIFEST_FILE = "learnware.yaml"
 MODULE_FILE = "__init__.py"
 SEMANTIC_FILE = "semantic_specification.json"
 REQUIREMENT_FILES = ("requirements.txt", "environment.yaml", "environment.yml")
-SPEC_CLASSES = ("RKMETableSpecification", "RKMEStatSpecification")
 
 # Entries that archivers add and that are no part of the package.
 _JUNK_PREFIXES = ("__MACOSX/",)
@@ -289,7 +289,7 @@ def parse_manifest(obj) -> Manifest:
     if not isinstance(specs, list) or not specs:
         _reject("manifest", "learnware.yaml needs a non-empty 'stat_specifications' list")
     for entry in specs:
-        if isinstance(entry, dict) and entry.get("class_name") in SPEC_CLASSES:
+        if isinstance(entry, dict) and entry.get("class_name") in known_types():  # the registry's kinds
             file_name = entry.get("file_name")
             if not isinstance(file_name, str) or not file_name.strip():
                 _reject("manifest", f"the {entry['class_name']} entry has no file_name")
