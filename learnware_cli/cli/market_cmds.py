@@ -72,6 +72,7 @@ def show(
 
     Example: lw show 00000001 --market ./market
     """
+    from learnware_cli.market.features import build_vocabulary, features_of
     from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
     from learnware_cli.specs import load_spec
 
@@ -90,13 +91,15 @@ def show(
     spec = load_spec(raw, source=str(folder / "rkme.json"))
     spec_summary = spec.summary()
     name = _version_name(semantic, entry)
-    data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "report": report, "package_verified": True}
+    reads = features_of(semantic, build_vocabulary(opened.entries()))
+    data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "features": reads, "report": report, "package_verified": True}
 
     def human(console):
         console.print(f"[bold]{safe(name)}[/] ({safe(learnware_id)} v{record['version']})", highlight=False)
         pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
         pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
         pairs += [("RKME", spec.describe())]
+        pairs += [("Market features", ", ".join(f if f is not None else "(undescribed)" for f in reads) or "(none described)")]
         pairs += [("checksum", record["checksum"][:16] + "… (package.zip verified)")]
         console.print(key_values(pairs))
         console.print(table("versions", ["version", "submitted", "checksum", "notes"], [[r["version"], r["submitted"], r["checksum"][:12], r.get("notes", "")] for r in entry["versions"]]))
@@ -132,6 +135,35 @@ def versions(
     )
 
 
+def features(
+    market: Optional[Path] = MARKET_OPTION,
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """List the market's features: input columns of different learnwares that describe the same quantity.
+
+    Columns are matched by their semantic Input.Description (normalised text, then near-identical
+    wording); each feature says how many learnwares read it.
+
+    Example: lw features --market ./market
+    """
+    from learnware_cli.market.features import FUZZY_THRESHOLD, build_vocabulary
+
+    opened = open_market(market)
+    vocabulary = build_vocabulary(opened.entries())
+    rows = sorted((f.to_dict() for f in vocabulary.features.values()), key=lambda r: (-r["learnwares"], r["id"]))
+    undescribed = vocabulary.undescribed_columns()
+    data = {"ok": True, "market": str(opened.root), "count": len(rows), "features": rows, "undescribed_columns": undescribed, "fuzzy_threshold": FUZZY_THRESHOLD}
+
+    def human(console):
+        columns = ["feature", "name", "learnwares", "columns", "spellings"]
+        body = [[r["id"], r["name"], r["learnwares"], r["columns"], "; ".join(r["spellings"])] for r in rows]
+        console.print(table(f"{opened.name}: {len(rows)} market feature(s)", columns, body))
+        if undescribed:
+            console.print(f"{undescribed} input column(s) have no description and no market feature", highlight=False)
+
+    Output(json_output).emit(data, human)
+
+
 def remove(
     ref: str = typer.Argument(..., metavar="ID[@V]", help="Learnware id, or ID@VERSION to drop one version."),
     market: Optional[Path] = MARKET_OPTION,
@@ -152,4 +184,5 @@ def register(app: typer.Typer) -> None:
     app.command("list")(list_learnwares)
     app.command("show")(show)
     app.command("versions")(versions)
+    app.command("features")(features)
     app.command("remove")(remove)
