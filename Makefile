@@ -45,6 +45,7 @@ demo: install
 	done
 	$(LW) submit $(DEMO_WORK)/dev_*/learnware.zip --market $(DEMO_MARKET)
 	$(LW) list --market $(DEMO_MARKET)
+	$(LW) features --market $(DEMO_MARKET)
 	@# a user: RKME of the user's rows, fitted locally; search by tags and by data
 	$(LW) spec $(DEMO_WORK)/user_X.csv --market $(DEMO_MARKET) --out $(DEMO_WORK)/user_rkme.json
 	$(LW) search --market $(DEMO_MARKET) --tag Task=Regression --name "sales model"

@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -79,7 +80,13 @@ def read_table(path) -> np.ndarray:
 
     1-D arrays are read as one column (a label vector).
     """
+    return _read_table_and_header(path)[0]
+
+
+def _read_table_and_header(path) -> tuple[np.ndarray, Optional[list]]:
+    """read_table, plus the CSV header's column names (None for arrays and header-less CSV)."""
     path = Path(path)
+    header = None
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -102,14 +109,14 @@ def read_table(path) -> np.ndarray:
             raise InputError(f"{path}: array has non-numeric dtype {arr.dtype}")
         arr = np.asarray(arr, dtype=np.float64)
     else:
-        arr, _ = read_csv(path)
+        arr, header = read_csv(path)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D table, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{path}: no data (shape {arr.shape})")
-    return arr
+    return arr, header
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class Matrix:
     values: np.ndarray
     replaced: int
     path: Path
+    header: Optional[list] = None  # a CSV header's column names, when the file has one
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -160,12 +168,12 @@ def read_matrix(path, fill: bool = False) -> Matrix:
     the RKME fit do); otherwise they are returned as read (NaN, ±inf).
     """
     path = Path(path)
-    arr = read_table(path)
+    arr, header = _read_table_and_header(path)
     if fill:
         arr, count = fill_column_means(arr, str(path))
     else:
         count = nonfinite_cells(arr)
-    return Matrix(arr, count, path)
+    return Matrix(arr, count, path, header)
 
 
 def read_vector(path) -> np.ndarray:

@@ -79,3 +79,24 @@ def test_lw_features_and_show_name_the_market_features(tmp_path, lw_json, lw):
     assert code == 0 and shown["features"] == [f"feature {i}" for i in range(bp.DIM - 1)] + ["rainfall"]
     code, out, _ = lw("features", "--market", market.root)
     assert code == 0 and "rainfall" in out
+
+
+def test_pack_names_columns_from_the_csv_header(tmp_path, lw_json):
+    """A developer's CSV header becomes the columns' descriptions, so the market can match them."""
+    import zipfile
+
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    x, _, y = bp.data(300)
+    names = [f"sensor {i}" for i in range(bp.DIM)]
+    np.savetxt(tmp_path / "X.csv", x, delimiter=",", header=",".join(names), comments="")
+    joblib.dump(Ridge().fit(x, y), tmp_path / "model.joblib")
+    code, doc = lw_json("pack", "--model", tmp_path / "model.joblib", "--data", tmp_path / "X.csv", "--market", market.root,
+                        "--name", "ridge", "--task", "Regression", "--out", tmp_path / "pkg.zip")
+    assert code == 0, doc
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as archive:
+        semantic = json.loads(archive.read("semantic_specification.json"))
+    assert [semantic["Input"]["Description"][str(i)] for i in range(bp.DIM)] == names

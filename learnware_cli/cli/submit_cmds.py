@@ -89,6 +89,9 @@ def pack(
             rows = table.values
             if table.replaced:
                 output.note(f"note: {table.replaced} missing or infinite cell(s) of {data} replaced by column means")
+            if not input_desc and semantic is None and table.header and len(table.header) == rows.shape[1]:
+                input_desc = list(table.header)  # the columns' names identify them as market features
+                output.note(f"note: input descriptions taken from the header of {data} (--input-desc to set them)")
             if k > len(rows):
                 output.note(f"note: {data} has {len(rows)} rows, fewer than K={k}: the RKME is the rows themselves")
             with output.progress("fitting RKME", total=1) as update:
