@@ -10,7 +10,7 @@ import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, open_market
 from learnware_cli.cli.output import Output, key_values, safe, table
-from learnware_cli.market.store import parse_learnware_ref
+from learnware_cli.market.store import parse_learnware_ref, semantic_name
 from learnware_cli.search.semantic import values_of
 
 
@@ -112,8 +112,7 @@ def show(
 
 def _version_name(semantic: dict, entry: dict) -> str:
     """The name a version was submitted under (its own semantic.json), else the learnware's current name."""
-    name = semantic.get("Name", {}).get("Values") if isinstance(semantic.get("Name"), dict) else None
-    return name if isinstance(name, str) else entry.get("name", "")
+    return semantic_name(semantic) or entry.get("name", "")
 
 
 def versions(

@@ -43,6 +43,7 @@ from learnware_cli.errors import RejectedError
 from learnware_cli.market import package as pkg
 from learnware_cli.market.semantic import semantic_value, validate_semantic
 from learnware_cli.market.worker import ModelWorker, WorkerError
+from learnware_cli.specs.base import GAMMA_REL_TOL
 
 CHECK_NAMES = (
     "archive",
@@ -56,7 +57,6 @@ CHECK_NAMES = (
 )
 BETA_SUM_TOL = 1e-6
 BETA_NEG_TOL = 1e-8  # the reference QP returns weights like -1e-10
-GAMMA_REL_TOL = 1e-9
 # The search stacks specs in float32 (max 3.4e38) and forms squared norms and
 # distances over d coordinates: with |z| <= 1e12 and d <= 10^6 (the absolute
 # dimension cap) they stay below d * (2e12)^2 = 4e30, eight orders of magnitude
@@ -94,8 +94,6 @@ class CheckLimits:
     max_probe_bytes: int = 256 * MiB
 
 
-HERD_CANDIDATES_PER_ROW = 100  # herd()'s default candidate pool: 100 per row,
-HERD_MAX_CANDIDATES = 50_000  # at most 50 000
 _PROBE_BYTES_PER_VALUE = 8  # float64
 
 
@@ -241,13 +239,15 @@ def probe_candidates(spec, n_rows: int, limits: CheckLimits) -> int:
     matrix (measured); counted three and two times for margin. Wide specs get
     fewer candidates; one that cannot get n_rows of them is rejected.
     """
+    from learnware_cli.rkme.spec import default_herd_candidates
+
     d, k = spec.dim, spec.size
     per_candidate = _PROBE_BYTES_PER_VALUE * (3 * d + 2 * k)
     budget = limits.max_probe_bytes - _PROBE_BYTES_PER_VALUE * n_rows * d  # the rows themselves
     fit = max(budget, 0) // per_candidate
     if fit < n_rows:
         _reject("spec", f"probing the model with {n_rows} rows of dimension {d} (K={k}) needs more than the market's limit max_probe_bytes = {limits.max_probe_bytes}")
-    return int(min(fit, HERD_CANDIDATES_PER_ROW * n_rows, HERD_MAX_CANDIDATES))
+    return int(min(fit, default_herd_candidates(n_rows)))
 
 
 # --------------------------------------------------------------------------- model

@@ -13,14 +13,12 @@ could point that anywhere on the disk.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from learnware_cli.errors import MarketError
 from learnware_cli.market.store import Market, sha256_file
 
 PACKAGE_FILE = "package.zip"
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")  # ids are zero-padded numbers; never a path
 
 
 class IntegrityError(MarketError):
@@ -28,11 +26,9 @@ class IntegrityError(MarketError):
 
 
 def version_folder(market: Market, learnware_id: str, record: dict) -> Path:
-    """The folder of one stored version; a record whose id or version could name another path is a corrupt index."""
-    version = record.get("version")
-    if not _PLAIN_ID.fullmatch(str(learnware_id)) or not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise MarketError(f"{market.root}: corrupt index (learnware {learnware_id!r} has a version {version!r}); run `lw reindex`")
-    return market.version_dir(learnware_id, version)
+    """The folder of one index record; an id or version that could name another path is a corrupt index
+    (``Market.version_dir`` refuses it)."""
+    return market.version_dir(learnware_id, record.get("version"))
 
 
 def verify_package(package: Path, learnware_id: str, record: dict) -> None:

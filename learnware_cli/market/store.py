@@ -445,7 +445,10 @@ class Market:
     def version_dir(self, learnware_id: str, version: int) -> Path:
         """The folder of one stored version, derived from the id and version (never from index paths)."""
         if not ID_PATTERN.fullmatch(str(learnware_id)) or not _is_version_number(version):
-            raise MarketError(f"{learnware_id!r}@{version!r}: not a stored version (ids are 8 digits, versions whole numbers from 1)")
+            raise MarketError(
+                f"{self.root}: corrupt index (no stored version can be {learnware_id!r}@{version!r}: ids are 8 digits, "
+                "versions whole numbers from 1); run `lw reindex --rebuild`"
+            )
         return self.root / "learnwares" / learnware_id / f"v{version}"
 
     def _relative(self, folder: Path) -> str:

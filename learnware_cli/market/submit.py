@@ -23,7 +23,7 @@ from typing import Callable, Optional, Union
 
 from learnware_cli.errors import EXIT_MARKET, InputError, LwError, MarketError, RejectedError
 from learnware_cli.market.worker import MarketBusyError
-from learnware_cli.market.store import Market, NewVersion, stored_record_fields
+from learnware_cli.market.store import Market, NewVersion, semantic_name, stored_record_fields
 
 
 DEFAULT_JOBS = min(4, os.cpu_count() or 1)
@@ -173,8 +173,7 @@ def _accept(market: Market, zip_path: Path, folder: Path, options: _Options) -> 
     report.rkme.save(folder / "rkme.json")
     report_dict = report.to_dict()
     (folder / "report.json").write_text(json.dumps(report_dict, indent=1))
-    name = report.semantic.get("Name", {}).get("Values", "")
-    outcome = SubmitOutcome(str(zip_path), True, name=name, report=report_dict)
+    outcome = SubmitOutcome(str(zip_path), True, name=semantic_name(report.semantic), report=report_dict)
     files = {"package.zip": staged, "rkme.json": folder / "rkme.json", "report.json": folder / "report.json"}
     return outcome, NewVersion(files, report.semantic, _record_fields(report, size, options), options.update_id, checksum=checksum)
 

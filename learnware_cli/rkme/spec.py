@@ -19,7 +19,7 @@ from learnware_cli.data_io import as_matrix, fill_column_means
 from learnware_cli.errors import InputError, SpecError
 from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
 from learnware_cli.rkme import kernels
-from learnware_cli.specs.base import IslandKey, StackArrays, read_json
+from learnware_cli.specs.base import GAMMA_REL_TOL, IslandKey, StackArrays, read_json
 
 import jax
 import jax.numpy as jnp
@@ -265,7 +265,7 @@ def approximation_error(spec: RKMESpec, x) -> float:
 def _check_compatible(a: RKMESpec, b: RKMESpec) -> None:
     if a.dim != b.dim:
         raise SpecError(f"specifications have different dimensions ({a.dim} vs {b.dim})")
-    if not math.isclose(a.gamma, b.gamma, rel_tol=1e-9):
+    if not math.isclose(a.gamma, b.gamma, rel_tol=GAMMA_REL_TOL):
         raise SpecError(f"specifications use different gamma ({a.gamma} vs {b.gamma})")
 
 
@@ -376,7 +376,7 @@ def mmd2_to_many(user: RKMESpec, stack: SpecStack) -> np.ndarray:
     """MMD^2 from one spec to every spec of a stack, in one jitted call -> float64 (M,)."""
     if user.dim != stack.dim:
         raise SpecError(f"specification has dimension {user.dim}, the stack has {stack.dim}")
-    if not math.isclose(user.gamma, stack.gamma, rel_tol=1e-9):
+    if not math.isclose(user.gamma, stack.gamma, rel_tol=GAMMA_REL_TOL):
         raise SpecError(f"specification uses gamma {user.gamma}, the stack uses {stack.gamma}")
     cross = _cross(user.z, user.beta, stack.zs, stack.sq_norms, stack.betas, user.gamma, block=stack.block)
     cross = np.asarray(cross, dtype=np.float64)
@@ -406,15 +406,24 @@ def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarr
 _herd = jax.jit(kernels.herd, static_argnames=("n_samples", "n_candidates"))
 
 
+HERD_CANDIDATES_PER_ROW = 100
+HERD_MAX_CANDIDATES = 50_000
+
+
+def default_herd_candidates(n_samples: int) -> int:
+    """herd()'s candidate pool for n_samples rows: min(100 * n_samples, 50 000)."""
+    return min(HERD_CANDIDATES_PER_ROW * n_samples, HERD_MAX_CANDIDATES)
+
+
 def herd(spec: RKMESpec, n_samples: int, seed: int = 0, n_candidates: Optional[int] = None, spread: float = 0.25):
     """Draw n_samples synthetic rows (n_samples, d) that follow the spec, by kernel herding.
 
     Candidates come from sum_j beta_j N(z_j, spread^2 I) (spread 0.25 as in the
-    reference); n_candidates defaults to min(100 * n_samples, 50 000).
+    reference); n_candidates defaults to default_herd_candidates(n_samples).
     """
     if n_samples < 1:
         raise InputError(f"number of samples must be at least 1, got {n_samples}")
     if n_candidates is None:
-        n_candidates = min(100 * n_samples, 50_000)
+        n_candidates = default_herd_candidates(n_samples)
     out = _herd(jax.random.PRNGKey(seed), jnp.asarray(spec.z), jnp.asarray(spec.beta), spec.gamma, n_samples, n_candidates, spread)
     return np.asarray(out)
