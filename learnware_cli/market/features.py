@@ -76,6 +76,14 @@ class FeatureVocabulary:
 
     features: dict = field(default_factory=dict)  # id -> MarketFeature, in first-seen order
     by_learnware: dict = field(default_factory=dict)  # learnware id -> [feature id or None per column]
+    compact: dict = field(default_factory=dict)  # id without spaces -> id: a dict look-up, not a scan
+
+    def add(self, key: str) -> MarketFeature:
+        """The feature with id key, made (and indexed) if new."""
+        if key not in self.features:
+            self.features[key] = MarketFeature(key)
+            self.compact.setdefault(key.replace(" ", ""), key)
+        return self.features[key]
 
     def of(self, learnware_id: str) -> list:
         return self.by_learnware.get(learnware_id, [])
@@ -107,7 +115,7 @@ def build_vocabulary(entries: Iterable[dict], threshold: float = FUZZY_THRESHOLD
             if key is None:
                 ids.append(None)
                 continue
-            feature = vocabulary.features.setdefault(key, MarketFeature(key))
+            feature = vocabulary.add(key)
             feature.spellings[text.strip()] += 1
             feature.columns.append((learnware_id, column))
             ids.append(key)
@@ -120,10 +128,9 @@ def _known(key: Optional[str], vocabulary: FeatureVocabulary, threshold: float) 
     spaces ("weekday" / "week day"), else the closest wording above threshold; itself when none is."""
     if key is None or key in vocabulary.features or not vocabulary.features:
         return key
-    compact = key.replace(" ", "")
-    for known in vocabulary.features:
-        if known.replace(" ", "") == compact:
-            return known
+    same_without_spaces = vocabulary.compact.get(key.replace(" ", ""))
+    if same_without_spaces is not None:
+        return same_without_spaces
     from rapidfuzz import fuzz, process
 
     match = process.extractOne(key, list(vocabulary.features), scorer=fuzz.token_sort_ratio, score_cutoff=threshold)
