@@ -21,9 +21,16 @@ def search(
     all_versions: bool = typer.Option(False, "--all-versions", help="Rank every version, not only each learnware's latest."),
     no_mixture: bool = typer.Option(False, "--no-mixture", help="Skip the mixture search."),
     seed: int = typer.Option(0, "--seed", help="Seed of the local RKME fit for --data."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="What your columns are, comma-separated, in order (default: the CSV header of --data)."),
+    semantic: Optional[Path] = typer.Option(None, "--semantic", help="A semantic spec JSON whose Input block describes your columns (Description, Features)."),
+    match: str = typer.Option("auto", "--match", help="island: same input width only; features: on the market features you share with each learnware; auto: features when your columns are described."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Search a market: semantic filters, then single and mixture ranking by MMD to your data.
+
+    With described columns (a CSV header, --columns or --semantic) learnwares on other column sets
+    are compared on the market features they share with you (`lw features`); each result says its
+    coverage (the share of its input you have) and what it misses.
 
     Example: lw search --market ./market --data my_rows.csv --tag Task=Regression -k 3 --json > found.json
     """
@@ -35,6 +42,9 @@ def search(
     opened = open_market(market)
     if spec is not None and data is not None:
         raise InputError("give either --spec or --data, not both")
+    if columns is not None and semantic is not None:
+        raise InputError("give either --columns or --semantic, not both")
+    user_semantic = user_columns_semantic(columns, semantic)
     query = parse_tag_filters(tag, opened.vocabulary)
     user_spec = None
     if spec is not None:
@@ -47,16 +57,40 @@ def search(
 
         table_read = read_matrix(data, fill=True)
         rows = table_read.values
+        if user_semantic is None and table_read.header:
+            user_semantic = user_columns_semantic(",".join(table_read.header), None, split=False, header=table_read.header)
         if table_read.replaced:
             output.note(f"note: {table_read.replaced} missing or infinite cell(s) of {data} replaced by column means")
         with output.progress("fitting your RKME locally", total=1) as update:
             user_spec = fit_rkme(rows, k=opened.k, gamma=opened.gamma, seed=seed, on_stage=lambda s, d, t: update(d, t, s))
     with output.progress("searching", total=None) as update:
-        result = run_search(opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture, progress=lambda d, t: update(d, t))
+        result = run_search(
+            opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture,
+            progress=lambda d, t: update(d, t), user_semantic=user_semantic, match=match,
+        )
     doc = result.to_dict()
     doc["total"] = total_matches(result)
     doc["more"] = max(doc["total"] - len(result.single), 0)  # matches that -k left out
     output.emit(doc, lambda console: render(console, result, doc["more"]))
+
+
+def user_columns_semantic(columns: Optional[str], semantic: Optional[Path], split: bool = True, header=None) -> Optional[dict]:
+    """The semantic Input block describing the user's columns, from --columns, --semantic or a CSV header."""
+    from learnware_cli.errors import InputError
+
+    if semantic is not None:
+        from learnware_cli.specs.base import read_json
+
+        doc = read_json(semantic)
+        if not isinstance(doc, dict) or not isinstance(doc.get("Input"), dict):
+            raise InputError(f"{semantic}: expected a semantic spec with an Input block (Dimension, Description)")
+        return {"Input": doc["Input"]}
+    names = list(header) if header is not None else ([c.strip() for c in columns.split(",")] if columns is not None else None)
+    if names is None:
+        return None
+    if any(not n for n in names):
+        raise InputError("--columns: an empty column description (write them comma-separated, one per column)")
+    return {"Input": {"Dimension": len(names), "Description": {str(i): n for i, n in enumerate(names)}}}
 
 
 def total_matches(result) -> int:
@@ -75,7 +109,13 @@ def render(console, result, more: int = 0) -> None:
             console.print(hint, highlight=False)
         return
     if not result.single:
-        console.print(f"No learnware with input dimension {result.user['dim']} matches these filters.")
+        if result.match == "features":
+            console.print("No learnware shares a market feature with your columns and matches these filters.")
+        else:
+            console.print(f"No learnware with input dimension {result.user['dim']} matches these filters.")
+        return
+    if result.match == "features":
+        render_features(console, result, hint)
         return
     rows = [[i + 1, r["id"], r["version"], r["name"], r["task"], fmt_float(r["mmd2"]), f"{r['score']:.3f}"] for i, r in enumerate(result.single)]
     console.print(table(f"closest learnwares (of {result.considered} in your island)", ["rank", "id", "version", "name", "task", "MMD²", "score"], rows))
@@ -85,6 +125,26 @@ def render(console, result, more: int = 0) -> None:
         mix = result.mixture
         rows = [[r["id"], r["version"], r["name"], f"{r['weight']:.3f}"] for r in mix["learnwares"]]
         console.print(table(f"best mixture: MMD² {fmt_float(mix['mmd2'])}, score {mix['score']:.3f}", ["id", "version", "name", "weight"], rows))
+
+
+def render_features(console, result, hint: str) -> None:
+    """The "features" match: coverage and what each learnware misses, next to the marginal MMD²."""
+    user = result.user
+    unmatched = user.get("unmatched_columns") or []
+    rows = [
+        [i + 1, r["id"], r["version"], safe(r["name"]), r["task"], f"{r['coverage']:.2f}", len(r["shared"]), fmt_float(r["mmd2"]), f"{r['score']:.3f}", safe(", ".join(r["missing"][:3]) + (f" +{len(r['missing']) - 3}" if len(r["missing"]) > 3 else ""))]
+        for i, r in enumerate(result.single)
+    ]
+    title = f"closest learnwares on shared features (of {result.considered} sharing any)"
+    console.print(table(title, ["rank", "id", "version", "name", "task", "coverage", "shared", "MMD²", "score", "missing"], rows))
+    if unmatched:
+        console.print(f"{len(unmatched)} of your {user['dim']} column(s) match no market feature (`lw features` lists them)", highlight=False)
+    if hint:
+        console.print(hint, highlight=False)
+    if result.mixture:
+        mix = result.mixture
+        rows = [[r["id"], r["version"], safe(r["name"]), f"{r['weight']:.3f}"] for r in mix["learnwares"]]
+        console.print(table(f"best mixture on {len(mix['shared'])} shared feature(s): MMD² {fmt_float(mix['mmd2'])}, score {mix['score']:.3f}", ["id", "version", "name", "weight"], rows))
 
 
 def reindex(

@@ -1,9 +1,18 @@
-"""Search a market: semantic filters first, then statistical ranking within the user's island.
+"""Search a market: semantic filters first, then statistical ranking.
 
-The island of a user's RKME (its ``island_key()``: kind, input dimension,
-gamma) is the learnwares with the same data type (table), the same input
-dimension and the market's gamma; only those can be compared by MMD. The
-result's ``to_dict`` is what `lw search --json` prints and what `lw reuse
+Two ways to compare a user's RKME with the learnwares (``match``):
+
+- "island": within the user's island (its ``island_key()``: kind, input
+  dimension, gamma): learnwares of table data with the same input dimension
+  and the market's gamma, by MMD^2 under the market's kernel.
+- "features": when the user's columns are described (``user_semantic``, the
+  Input block of a semantic spec), on the market features each learnware
+  shares with her, whatever its input width (``search.crossmatch``): ranked
+  by marginal similarity x coverage.
+- "auto" (default): "features" when at least one of her columns is a market
+  feature, else "island".
+
+The result's ``to_dict`` is what `lw search --json` prints and what `lw reuse
 --from` reads.
 """
 
@@ -14,13 +23,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from learnware_cli.errors import SpecError
+from learnware_cli.errors import InputError, SpecError
 from learnware_cli.market.store import Market
 from learnware_cli.rkme.spec import TABLE_KIND, RKMESpec
 from learnware_cli.search import cache
 from learnware_cli.search.semantic import semantic_search, values_of
-from learnware_cli.specs import IslandKey, same_island
+from learnware_cli.specs import IslandKey, load_spec, same_island
 
+
+MATCH_MODES = ("auto", "island", "features")
 
 
 @dataclass
@@ -31,12 +42,14 @@ class SearchResult:
     mode: str = "semantic"
     user: dict = field(default_factory=dict)
     considered: int = 0
+    match: str = "island"
 
     def to_dict(self) -> dict:
         return {
             "ok": True,
             "market": self.market,
             "mode": self.mode,
+            "match": self.match if self.mode == "statistical" else None,
             "user": self.user,
             "considered": self.considered,
             "single": self.single,
@@ -66,13 +79,19 @@ def search(
     mixture: bool = True,
     progress: Optional[Callable[[int, int], None]] = None,
     mixture_method: str = "closest",
+    user_semantic: Optional[dict] = None,
+    match: str = "auto",
 ) -> SearchResult:
     """Find learnwares for a user: see the module docstring for the rules.
 
     mixture_method: "closest" (the closest mixture of the pool, see
     statistical.closest_mixture_arrays) or "greedy" (the earlier greedy
     search, kept to compare the two on the same users).
+    user_semantic: a semantic spec whose Input block describes the user's
+    columns (Description, optionally Features), for match "features"/"auto".
     """
+    if match not in MATCH_MODES:
+        raise InputError(f"unknown match {match!r} (expected one of {', '.join(MATCH_MODES)})")
     index = market.read_index()
     result = SearchResult(market=str(market.root))
     filtered = bool(tags) or bool(text)
@@ -81,6 +100,15 @@ def search(
         result.considered = len(ranked)
         result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
         return result
+    allowed = {e["id"] for e, _ in ranked} if filtered else None
+    if match != "island":
+        user_features = _user_features(index, user_spec, user_semantic)
+        if any(f is not None for f in user_features):
+            if all_versions:
+                raise InputError("--all-versions ranks within the user's island only (add --match island)")
+            return _search_features(market, index, user_spec, user_features, allowed, k, mixture, mixture_method, progress, result)
+        if match == "features":
+            raise InputError("none of your columns is a market feature: describe them (a CSV header, --columns) as the learnwares do (`lw features`)")
 
     island = user_spec.island_key()
     if island.kind != TABLE_KIND:  # the cache stacks table RKMEs only (one stack per input dimension)
@@ -95,8 +123,7 @@ def search(
     stack, members = cache.current(market, index, island.dim, all_versions=all_versions, progress=progress)
     if stack is None:
         return result
-    if filtered:
-        allowed = {e["id"] for e, _ in ranked}
+    if allowed is not None:
         rows = np.array([i for i, (_, entry, _) in enumerate(members) if entry["id"] in allowed], dtype=int)
     else:
         rows = np.arange(len(members))
@@ -143,3 +170,104 @@ def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versio
             stack.zs, stack.betas, stack.gamma, self_products=stack.self_products, count=stack.count
         )
     return _DEVICE_STACKS[key]
+
+
+def _user_features(index: dict, user_spec, user_semantic: Optional[dict]) -> list:
+    """The market feature of each of the user's columns (None: undescribed or unknown to the market)."""
+    if not user_semantic:
+        return []
+    from learnware_cli.market.features import features_of
+
+    semantic = dict(user_semantic)
+    inputs = dict(semantic.get("Input") or {})
+    inputs.setdefault("Dimension", user_spec.dim)
+    if inputs["Dimension"] != user_spec.dim:
+        raise InputError(f"your columns are described for {inputs['Dimension']} column(s) but your RKME has {user_spec.dim}")
+    semantic["Input"] = inputs
+    return features_of(semantic, _vocabulary(index))
+
+
+_VOCABULARIES: dict = {}
+
+
+def _vocabulary(index: dict):
+    """The feature vocabulary of this index (kept while the same parsed index is in use)."""
+    from learnware_cli.market.features import build_vocabulary
+
+    if _VOCABULARIES.get("index") is not index:
+        _VOCABULARIES.clear()
+        _VOCABULARIES.update(index=index, vocabulary=build_vocabulary(index["learnwares"].values()))
+    return _VOCABULARIES["vocabulary"]
+
+
+def _search_features(market, index, user_spec, user_features, allowed, k, mixture, mixture_method, progress, result) -> SearchResult:
+    """The "features" match: see search.crossmatch."""
+    from learnware_cli.search import crossmatch
+    from learnware_cli.search.statistical import MIXTURE_POOL, find_mixture, self_product, similarity
+
+    result.mode, result.match = "statistical", "features"
+    stack = crossmatch.current(market, index, _vocabulary(index), progress=progress)
+    result.user = {"dim": user_spec.dim, "K": user_spec.size, "gamma": user_spec.gamma, "columns": user_features}
+    if stack is None:
+        return result
+    found = crossmatch.match(user_spec.z, user_spec.beta, user_features, stack)
+    result.user["matched_columns"] = found.user_columns
+    result.user["unmatched_columns"] = found.unmatched
+    order = found.ranking()
+    if allowed is not None:
+        order = np.array([row for row in order if stack.members[row][1]["id"] in allowed], dtype=int)
+    result.considered = int(order.size)
+    restricted = {}
+
+    def on_shared(row):
+        if row not in restricted:
+            _, entry, record = stack.members[row]
+            own = load_spec(market.version_dir(entry["id"], record["version"]) / "rkme.json")
+            restricted[row] = crossmatch.restricted_specs(user_spec.z, user_spec.beta, user_features, stack, row, own)
+        return restricted[row]
+
+    for row in order[:k]:
+        _, entry, record = stack.members[row]
+        user_on_s, own_on_s, shared = on_shared(row)
+        exact = max(own_on_s.mmd2(user_on_s), 0.0)
+        own_products = self_product(user_on_s), self_product(own_on_s)
+        close = float(similarity(exact, *own_products))
+        needed = [f for f in _vocabulary(index).of(entry["id"]) if f not in shared]
+        result.single.append({
+            **_describe(entry, record),
+            "mmd2": exact,
+            "similarity": round(close, 4),
+            "coverage": round(float(found.coverage[row]), 4),
+            "score": round(close * float(found.coverage[row]), 4),
+            "shared": shared,
+            "missing": [f if f is not None else "(undescribed)" for f in needed],
+        })
+
+    if mixture and k > 1 and order.size > 1:
+        # one kernel for the whole mixture: the pool members that share exactly the top match's features
+        top_shared = on_shared(order[0])[2]
+        pool = [row for row in order[:MIXTURE_POOL] if set(_shared_ids(stack, found, row)) == set(top_shared)]
+        if len(pool) > 1:
+            specs = [on_shared(row) for row in pool]
+            user_on_s = specs[0][0]
+            k_max = max(s[1].size for s in specs)
+            zs = np.zeros((len(pool), k_max, user_on_s.dim))
+            betas = np.zeros((len(pool), k_max))
+            for i, (_, own_on_s, _) in enumerate(specs):
+                zs[i, : own_on_s.size], betas[i, : own_on_s.size] = own_on_s.z, own_on_s.beta
+            chosen = find_mixture(user_on_s, zs, betas, max_size=k, method=mixture_method)
+            result.mixture = {
+                "learnwares": [
+                    {**_describe(stack.members[pool[p]][1], stack.members[pool[p]][2]), "weight": round(float(w), 6)}
+                    for p, w in zip(chosen.members, chosen.weights)
+                ],
+                "mmd2": chosen.mmd2,
+                "score": round(chosen.score, 4),
+                "shared": top_shared,
+            }
+    return result
+
+
+def _shared_ids(stack, found, row) -> list:
+    """The market features a stack row shares with the user (from the match's column map)."""
+    return [stack.feature_ids[f] for f, c in zip(stack.features[row], found.columns[row]) if c >= 0]
