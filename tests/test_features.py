@@ -7,14 +7,18 @@ import json
 import pytest
 
 import badpackages as bp
-from learnware_cli.market.features import build_vocabulary, features_of, normalise
-from learnware_cli.market.semantic import build_semantic
+from learnware_cli.errors import RejectedError
+from learnware_cli.market.features import build_vocabulary, column_feature_keys, features_of, normalise
+from learnware_cli.market.semantic import build_semantic, validate_semantic
 from learnware_cli.market.store import Market
 
 
-def entry(learnware_id: str, descriptions: list) -> dict:
+def entry(learnware_id: str, descriptions: list, ids: list = None) -> dict:
+    """An index entry; ids: explicit feature ids (Input.Features) per column, None for a column without one."""
     texts = [text if text is not None else "x" for text in descriptions]
-    semantic = build_semantic("m", "d", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", len(texts), 1, input_desc=texts)
+    features = {str(column): key for column, key in enumerate(ids or []) if key is not None}
+    semantic = build_semantic("m", "d", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", len(texts), 1,
+                              input_desc=texts, input_features=features or None)
     for column, text in enumerate(descriptions):  # None: a column without a description
         if text is None:
             del semantic["Input"]["Description"][str(column)]
@@ -100,3 +104,183 @@ def test_pack_names_columns_from_the_csv_header(tmp_path, lw_json):
     with zipfile.ZipFile(tmp_path / "pkg.zip") as archive:
         semantic = json.loads(archive.read("semantic_specification.json"))
     assert [semantic["Input"]["Description"][str(i)] for i in range(bp.DIM)] == names
+
+
+# --------------------------------------------------------------------------- explicit ids (Input.Features)
+
+
+def test_explicit_ids_join_columns_whose_descriptions_differ():
+    vocabulary = build_vocabulary([
+        entry("00000001", ["Temp (C)", "humidity"], ["temp_c", None]),
+        entry("00000002", ["air temperature celsius", "wind"], ["temp_c", None]),
+    ])
+    assert vocabulary.of("00000001") == ["temp c", "humidity"]
+    assert vocabulary.of("00000002") == ["temp c", "wind"]
+    feature = vocabulary.features["temp c"]
+    assert feature.learnwares == ["00000001", "00000002"] and feature.explicit_columns == 2
+    # the descriptions are still the feature's spellings
+    assert sorted(feature.spellings) == ["Temp (C)", "air temperature celsius"]
+    assert feature.to_dict()["explicit_columns"] == 2 and vocabulary.features["humidity"].to_dict()["explicit_columns"] == 0
+
+
+def test_explicit_id_is_matched_exactly_never_fuzzily():
+    vocabulary = build_vocabulary([
+        entry("00000001", ["temperature"], ["temp_c"]),
+        entry("00000002", ["temperature"], ["temp_k"]),  # same description, near-identical id: another feature
+        entry("00000003", ["x"], ["tempc"]),  # no space-folding for ids either
+        entry("00000004", ["temp c"]),  # a description may join a feature an id made (one namespace)
+    ])
+    assert [vocabulary.of(f"0000000{i}") for i in range(1, 5)] == [["temp c"], ["temp k"], ["tempc"], ["temp c"]]
+    assert vocabulary.features["temp c"].learnwares == ["00000001", "00000004"]
+    assert vocabulary.features["temp c"].explicit_columns == 1
+
+
+def test_explicit_id_wins_over_the_description():
+    vocabulary = build_vocabulary([
+        entry("00000001", ["week day"], ["day_of_week"]),
+        entry("00000002", ["week day"]),  # no id: the description rules, and no feature is called "week day" yet
+        entry("00000003", [None], ["day of week"]),  # an id without a description: its text is the spelling
+    ])
+    assert vocabulary.of("00000001") == ["day of week"] and vocabulary.of("00000002") == ["week day"]
+    assert vocabulary.of("00000003") == ["day of week"]
+    assert sorted(vocabulary.features["day of week"].spellings) == ["day of week", "week day"]
+    assert vocabulary.undescribed_columns() == 0
+
+
+def test_column_feature_keys():
+    semantic = entry("x", ["Temp (C)", None, "wind"], ["temp_c", "rain_mm", None])["semantic"]
+    assert column_feature_keys(semantic) == [("temp_c", "Temp (C)"), ("rain_mm", None), (None, "wind")]
+    assert column_feature_keys({}) == [] and column_feature_keys({"Input": {"Dimension": 1}}) == [(None, None)]
+
+
+def test_features_of_honours_explicit_ids():
+    vocabulary = build_vocabulary([
+        entry("00000001", ["Temp (C)", "distance miles"], ["temp_c", None]),
+        entry("00000002", ["pressure"], ["pressure_hpa"]),
+    ])
+    user = entry("user", ["air temperature", "Distance (miles)", "pressure", "pressure"], ["TEMP-C", None, "pressure_kpa", None])["semantic"]
+    # TEMP-C normalises to the market's id; pressure_kpa is new to the market (not fuzzily pressure_hpa),
+    # though its description would have matched; a column without an id keeps the description rules
+    assert features_of(user, vocabulary) == ["temp c", "distance miles", None, None]
+    assert features_of(entry("user", ["Temp (C)"], ["temp_k"])["semantic"], vocabulary) == [None]
+
+
+@pytest.mark.parametrize("features, message", [
+    ({"3": "a"}, "Input Features key '3' is outside [0, 3)"),
+    ({"x": "a"}, "Input Features key 'x' is not a column number"),
+    ({"0": ""}, "Input Features id for column 0 must be a non-empty string, got ''"),
+    ({"1": "   "}, "Input Features id for column 1 must be a non-empty string"),
+    ({"0": 7}, "Input Features id for column 0 must be a non-empty string, got 7"),
+    ({"0": "--"}, "Input Features id for column 0 has no letter or digit"),
+    ({"0": "a\nb"}, "Input Features id for column 0 must be a single line"),
+    ({"0": "a" * 2001}, "Input Features id for column 0 is longer than 2000 characters"),
+    ("temp_c", "Input Features must map column numbers to feature id strings"),
+])
+def test_bad_explicit_ids_are_one_line_rejections(features, message):
+    semantic = entry("x", ["a", "b", "c"])["semantic"]
+    semantic["Input"]["Features"] = features
+    with pytest.raises(RejectedError) as caught:
+        validate_semantic(semantic)
+    assert caught.value.check == "semantic" and message in caught.value.reason and "\n" not in caught.value.reason
+
+
+def test_explicit_ids_are_normalised_and_kept():
+    semantic = entry("x", ["a", "b", "c"])["semantic"]
+    semantic["Input"]["Features"] = {" 2": " rain_mm ", "0": "temp_c"}
+    assert validate_semantic(semantic)["Input"]["Features"] == {"0": "temp_c", "2": "rain_mm"}
+    semantic["Input"]["Features"] = {}  # declares nothing: left out
+    assert "Features" not in validate_semantic(semantic)["Input"]
+    assert "Features" not in entry("x", ["a"])["semantic"]["Input"]  # absent unless given
+    with pytest.raises(RejectedError, match="2 feature id\\(s\\) given for 3 input column\\(s\\)"):
+        build_semantic("m", "d", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", 3, 1, input_features=["a", "b"])
+
+
+def _submit_zip(tmp_path, name: str, features, descriptions=None):
+    folder = tmp_path / name
+    folder.mkdir()
+    semantic = bp.semantic()
+    if descriptions is not None:
+        semantic["Input"]["Description"] = {str(i): text for i, text in enumerate(descriptions)}
+    semantic["Input"]["Features"] = features
+    return bp.write_zip(folder / "p.zip", bp.members(**{"semantic_specification.json": json.dumps(semantic)}))
+
+
+def test_lw_features_and_show_report_explicit_ids(tmp_path, lw_json, lw):
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    first = _submit_zip(tmp_path, "p1", {"0": "temp_c"}, ["Temp (C)"] + [f"feature {i}" for i in range(1, bp.DIM)])
+    second = _submit_zip(tmp_path, "p2", {"0": "temp_c", "1": "temp_k"}, ["air temperature celsius"] + [f"feature {i}" for i in range(1, bp.DIM)])
+    for package in (first, second):
+        code, doc = lw_json("submit", package, "--market", market.root)
+        assert code == 0, doc
+    code, doc = lw_json("features", "--market", market.root)
+    assert code == 0
+    rows = {f["id"]: f for f in doc["features"]}
+    assert rows["temp c"]["learnwares"] == 2 and rows["temp c"]["explicit_columns"] == 2
+    assert rows["temp c"]["spellings"] == ["Temp (C)", "air temperature celsius"]
+    assert rows["temp k"]["used_by"] == ["00000002"] and rows["feature 1"]["learnwares"] == 1  # the id won over "feature 1"
+    code, shown = lw_json("show", "00000002", "--market", market.root)
+    assert code == 0 and shown["semantic"]["Input"]["Features"] == {"0": "temp_c", "1": "temp_k"}
+    assert shown["features"][:3] == ["temp c", "temp k", "feature 2"]
+    code, out, _ = lw("show", "00000002", "--market", market.root)
+    assert code == 0 and "temp k" in out
+
+
+def test_a_package_with_bad_explicit_ids_is_rejected_in_one_line(tmp_path, lw):
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    for name, features, message in [("key", {"9": "temp_c"}, "Input Features key '9' is outside [0, 5)"),
+                                     ("empty", {"0": ""}, "Input Features id for column 0 must be a non-empty string")]:
+        code, out, err = lw("submit", _submit_zip(tmp_path, name, features), "--market", market.root)
+        assert code == 3 and message in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert market.entries() == []
+
+
+def _fitted_ridge(tmp_path):
+    import joblib
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    x, _, y = bp.data(300)
+    np.savetxt(tmp_path / "X.csv", x, delimiter=",")
+    joblib.dump(Ridge().fit(x, y), tmp_path / "model.joblib")
+    return tmp_path / "model.joblib", tmp_path / "X.csv"
+
+
+def test_pack_writes_explicit_feature_ids(tmp_path, lw_json):
+    import zipfile
+
+    model, rows = _fitted_ridge(tmp_path)
+    ids = [f"sensor_{i}" for i in range(bp.DIM)]
+    args = ["pack", "--model", model, "--data", rows, "--name", "ridge", "--task", "Regression", "--out", tmp_path / "pkg.zip"]
+    code, doc = lw_json(*args, *[part for key in ids for part in ("--feature-id", key)])
+    assert code == 0, doc
+    with zipfile.ZipFile(tmp_path / "pkg.zip") as archive:
+        semantic = json.loads(archive.read("semantic_specification.json"))
+    assert semantic["Input"]["Features"] == {str(i): key for i, key in enumerate(ids)}
+    code, doc = lw_json(*args[:-1], tmp_path / "pkg2.zip", "--feature-ids", ",".join(ids))  # the comma-separated form
+    assert code == 0, doc
+    with zipfile.ZipFile(tmp_path / "pkg2.zip") as archive:
+        assert json.loads(archive.read("semantic_specification.json"))["Input"]["Features"] == semantic["Input"]["Features"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--feature-id", "a", "--feature-id", "b"], "--feature-ids names 2 column(s) but the input dimension is 5"),
+    (["--feature-ids", "a,b,c"], "--feature-ids names 3 column(s) but the input dimension is 5: give one id per column, in order"),
+    ([part for key in ["a", "b", "", "d", "e"] for part in ("--feature-id", key)], "Input Features id for column 2 must be a non-empty string"),
+    (["--feature-id", "a", "--semantic", "s.json"], "with --semantic FILE, put the ids in its Input.Features"),
+])
+def test_pack_refuses_bad_feature_ids_in_one_line(tmp_path, lw, extra, message):
+    model, rows = _fitted_ridge(tmp_path)
+    code, out, err = lw("pack", "--model", model, "--data", rows, "--name", "ridge", "--task", "Regression",
+                        "--out", tmp_path / "pkg.zip", *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert not (tmp_path / "pkg.zip").exists()
+
+
+def test_numbered_columns_stay_apart():
+    """Near-identical wording that differs in a number is two quantities, not a typo."""
+    entries = [
+        {"id": "00000001", "semantic": {"Input": {"Dimension": 3, "Description": {"0": "sensor 1", "1": "own 10", "2": "temp 2020"}}}},
+        {"id": "00000002", "semantic": {"Input": {"Dimension": 3, "Description": {"0": "sensor 10", "1": "own 100", "2": "temps 2020"}}}},
+    ]
+    vocabulary = build_vocabulary(entries)
+    assert vocabulary.of("00000002") == ["sensor 10", "own 100", "temp 2020"]

@@ -37,6 +37,14 @@ def _semantic_from_flags(build, **fields) -> dict:
         raise InputError(exc.reason) from None
 
 
+def _check_feature_ids(feature_ids: List[str], dimension: int) -> None:
+    """--feature-id names every input column, in order, or none."""
+    from learnware_cli.errors import InputError
+
+    if feature_ids and len(feature_ids) != dimension:
+        raise InputError(f"--feature-ids names {len(feature_ids)} column(s) but the input dimension is {dimension}: give one id per column, in order")
+
+
 def pack(
     model: Path = typer.Option(..., "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
     out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
@@ -52,6 +60,7 @@ def pack(
     scenario: List[str] = typer.Option([], "--scenario", help="Scenario tag (repeatable): Business, Health, ..."),
     license: str = typer.Option("MIT", "--license", help="MIT, Apache-2.0, BSD-3-Clause, ..."),
     input_desc: List[str] = typer.Option([], "--input-desc", help="Description of each input column, in order (repeatable)."),
+    feature_ids: List[str] = typer.Option([], "--feature-ids", "--feature-id", help="Explicit market feature id of each input column, in order: comma-separated and/or repeated (a,b,c); columns with the same id are one market feature, matched exactly (Input.Features)."),
     output_dim: Optional[int] = typer.Option(None, "--output-dim", min=1, help="Output columns (regression) or classes (classification); default: from the model."),
     requirements: Optional[Path] = typer.Option(None, "--requirements", help="requirements.txt to ship (default: this machine's versions)."),
     json_output: bool = JSON_OPTION,
@@ -70,6 +79,9 @@ def pack(
     output = Output(json_output)
     if (spec is None) == (data is None):
         raise InputError("give exactly one of --spec (a fitted RKME) or --data (rows to fit it on)")
+    feature_ids = [key.strip() for value in feature_ids for key in value.split(",")]
+    if feature_ids and semantic is not None:
+        raise InputError("--feature-ids goes with the semantic flags; with --semantic FILE, put the ids in its Input.Features")
     if not model.is_file():
         raise InputError(f"{model}: no such file")
     check_output_path(out)  # before the RKME fit and the packing
@@ -87,6 +99,7 @@ def pack(
                 gamma, k = opened.gamma, opened.k
             table = read_matrix(data, fill=True)
             rows = table.values
+            _check_feature_ids(feature_ids, rows.shape[1])  # before the RKME fit
             if table.replaced:
                 output.note(f"note: {table.replaced} missing or infinite cell(s) of {data} replaced by column means")
             if not input_desc and semantic is None and table.header and len(table.header) == rows.shape[1]:
@@ -99,6 +112,7 @@ def pack(
             spec = Path(tmp) / "rkme.json"
             fitted.save(spec)
         loaded = RKMESpec.load(spec)
+        _check_feature_ids(feature_ids, loaded.dim)
         if semantic is not None:
             semantic_doc = _read_semantic(semantic)
         else:
@@ -119,6 +133,7 @@ def pack(
                 input_dim=loaded.dim,
                 output_dim=output_dim,
                 input_desc=input_desc or None,
+                input_features=feature_ids or None,
             )
         written = pack_sklearn(model, spec, semantic_doc, out, requirements=requirements)
     size = written.stat().st_size

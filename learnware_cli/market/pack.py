@@ -152,6 +152,8 @@ def pack_sklearn(
     semantic: a semantic specification (e.g. from build_semantic); Input and
     Output dimensions are checked against the model (Classification: Output
     is the number of classes, filled with class names when not described).
+    Input.Features (explicit market feature ids, build_semantic's
+    input_features) is validated and written with the rest.
     The model is declared with input_shape (d,) and output_shape (1,) for a
     classifier (it predicts class indices) or (columns,) for a regressor.
     Returns the path of the zip, written atomically.

@@ -12,8 +12,16 @@ package so that packages move between markets unchanged::
      "License": {"Values": ["MIT"], "Type": "Class"},
      "Name": {"Values": "my model", "Type": "String"},
      "Description": {"Values": "...", "Type": "String"},
-     "Input": {"Dimension": 7, "Description": {"0": "age", ...}},
+     "Input": {"Dimension": 7, "Description": {"0": "age", ...},
+               "Features": {"0": "age_years", ...}},
      "Output": {"Dimension": 2, "Description": {"0": "no", "1": "yes"}}}
+
+``Input.Features`` (optional, this market's extension) maps column numbers
+to explicit market feature ids for developers who want to be exact instead
+of relying on description matching (see market/features.py). The reference
+``learnware`` checker (EasySemanticChecker) reads only the Input keys it
+knows (Dimension, Description), so reference tools accept a package that
+carries it.
 
 Output.Dimension means, as in the reference checker:
 
@@ -36,6 +44,7 @@ import re
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 from learnware_cli.errors import RejectedError
+from learnware_cli.market.features import normalise
 
 CHECK = "semantic"
 
@@ -105,6 +114,8 @@ MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 20_000
 MAX_DIMENSION = 1_000_000
 MAX_COLUMN_DESCRIPTION_CHARS = 2_000
+MAX_FEATURE_ID_CHARS = MAX_COLUMN_DESCRIPTION_CHARS  # an Input.Features id is capped like a description
+FEATURES_KEY = "Features"  # Input.Features: column number -> explicit market feature id
 _DIGITS = re.compile(f"[0-9]{{1,{len(str(MAX_DIMENSION))}}}")
 
 
@@ -222,6 +233,17 @@ def _dimension(key: str, value) -> int:
     return value
 
 
+def _column_number(key: str, field: str, k, dim: int) -> int:
+    """The column index a Description/Features key names, in [0, dim)."""
+    try:
+        index = int(str(k).strip())
+    except ValueError:
+        _reject(f"{key} {field} key {_show(k)} is not a column number")
+    if not 0 <= index < dim:
+        _reject(f"{key} {field} key {_show(k)} is outside [0, {dim})")
+    return index
+
+
 def _column_descriptions(key: str, raw, dim: int) -> dict:
     """{"0": "age", ...}: keys are column indices in [0, dim), values strings."""
     if raw is None:
@@ -232,16 +254,37 @@ def _column_descriptions(key: str, raw, dim: int) -> dict:
         _reject(f"{key} Description must map column numbers to strings, got {_show(raw)}")
     out: dict[str, str] = {}
     for k, v in raw.items():
-        try:
-            index = int(str(k).strip())
-        except ValueError:
-            _reject(f"{key} Description key {_show(k)} is not a column number")
-        if not 0 <= index < dim:
-            _reject(f"{key} Description key {_show(k)} is outside [0, {dim})")
+        index = _column_number(key, "Description", k, dim)
         if not isinstance(v, str):
             _reject(f"{key} Description for column {index} must be a string, got {_show(v)}")
         if len(v) > MAX_COLUMN_DESCRIPTION_CHARS:
             _reject(f"{key} Description for column {index} is longer than {MAX_COLUMN_DESCRIPTION_CHARS} characters")
+        out[str(index)] = v
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def _column_feature_ids(key: str, raw, dim: int) -> dict:
+    """Input.Features, {"0": "temp_c", ...}: keys column indices in [0, dim), values non-empty ids (trimmed).
+
+    An id must hold a letter or digit: it is compared after the same
+    normalisation as descriptions (features.normalise), where "--" is nothing.
+    """
+    if isinstance(raw, (list, tuple)):
+        raw = {str(i): v for i, v in enumerate(raw)}
+    if not isinstance(raw, Mapping):
+        _reject(f"{key} {FEATURES_KEY} must map column numbers to feature id strings, got {_show(raw)}")
+    out: dict[str, str] = {}
+    for k, v in raw.items():
+        index = _column_number(key, FEATURES_KEY, k, dim)
+        if not isinstance(v, str) or not v.strip():
+            _reject(f"{key} {FEATURES_KEY} id for column {index} must be a non-empty string, got {_show(v)}")
+        v = v.strip()
+        if len(v) > MAX_FEATURE_ID_CHARS:
+            _reject(f"{key} {FEATURES_KEY} id for column {index} is longer than {MAX_FEATURE_ID_CHARS} characters")
+        if any(ch in v for ch in "\r\n\t\x00"):
+            _reject(f"{key} {FEATURES_KEY} id for column {index} must be a single line, got {_show(v)}")
+        if normalise(v) is None:
+            _reject(f"{key} {FEATURES_KEY} id for column {index} has no letter or digit: {_show(v)}")
         out[str(index)] = v
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
@@ -255,7 +298,12 @@ def _validate_dimension_block(key: str, obj: Mapping) -> Optional[dict]:
     if "Dimension" not in block:
         _reject(f"{key} has no 'Dimension'")
     dim = _dimension(key, block["Dimension"])
-    return {"Dimension": dim, "Description": _column_descriptions(key, block.get("Description"), dim)}
+    out = {"Dimension": dim, "Description": _column_descriptions(key, block.get("Description"), dim)}
+    if key == "Input" and block.get(FEATURES_KEY) is not None:
+        features = _column_feature_ids(key, block[FEATURES_KEY], dim)
+        if features:  # an empty mapping declares nothing: left out, as before the key existed
+            out[FEATURES_KEY] = features
+    return out
 
 
 def _validate_optional(key: str, obj: Mapping, allowed: Sequence[str]) -> dict:
@@ -331,6 +379,7 @@ def build_semantic(
     output_dim: Optional[int],
     input_desc: Union[Mapping, Sequence[str], None] = None,
     output_desc: Union[Mapping, Sequence[str], None] = None,
+    input_features: Union[Mapping, Sequence[str], None] = None,
 ) -> dict:
     """Build (and validate) a semantic specification from command-line flags.
 
@@ -338,7 +387,14 @@ def build_semantic(
     number of classes. None leaves Output out (only valid for other tasks).
     input_desc/output_desc: column descriptions, a list in column order or a
     {"index": text} mapping.
+    input_features: explicit market feature ids (Input.Features), a list with
+    one id per input column in order, or a {"index": id} mapping for some.
     """
+    if input_features and not isinstance(input_features, Mapping):
+        if isinstance(input_features, str):
+            _reject("input_features must be a list of feature ids or a mapping, not one string")
+        if input_dim is not None and len(input_features) != input_dim:
+            _reject(f"{len(input_features)} feature id(s) given for {input_dim} input column(s): give one per column, in order")
     if isinstance(scenarios, str):
         scenarios = [s for s in (part.strip() for part in scenarios.split(",")) if s]
     obj: dict = {
@@ -356,6 +412,8 @@ def build_semantic(
         obj["Model"] = {"Values": ["Others"], "Type": "Optional"}
     if input_dim is not None:
         obj["Input"] = {"Dimension": input_dim, "Description": input_desc or {}}
+        if input_features:
+            obj["Input"][FEATURES_KEY] = input_features
     if output_dim is not None:
         obj["Output"] = {"Dimension": output_dim, "Description": output_desc or {}}
     return validate_semantic(obj)
