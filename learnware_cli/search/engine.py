@@ -43,6 +43,7 @@ class SearchResult:
     user: dict = field(default_factory=dict)
     considered: int = 0
     match: str = "island"
+    islands: list = field(default_factory=list)  # "features" match: the best learnware of each island reached
 
     def to_dict(self) -> dict:
         return {
@@ -54,6 +55,7 @@ class SearchResult:
             "considered": self.considered,
             "single": self.single,
             "mixture": self.mixture,
+            "islands": self.islands,
         }
 
 
@@ -218,6 +220,9 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
         order = np.array([row for row in order if stack.members[row][1]["id"] in allowed], dtype=int)
     result.considered = int(order.size)
     restricted = {}
+    from learnware_cli.market.islands import compute_islands
+
+    islands = compute_islands(index["learnwares"].values(), _vocabulary(index))
 
     def on_shared(row):
         if row not in restricted:
@@ -241,7 +246,9 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
             "score": round(close * float(found.coverage[row]), 4),
             "shared": shared,
             "missing": [f if f is not None else "(undescribed)" for f in needed],
+            "island": _island_id(islands, entry["id"]),
         })
+    result.islands = _best_per_island(stack, found, order, islands)
 
     if mixture and k > 1 and order.size > 1:
         # one kernel for the whole mixture: the pool members that share exactly the top match's features
@@ -266,6 +273,30 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
                 "shared": top_shared,
             }
     return result
+
+
+def _island_id(islands, learnware_id: str) -> Optional[str]:
+    island = islands.of(learnware_id)
+    return island.id if island is not None else None
+
+
+def _best_per_island(stack, found, order, islands) -> list:
+    """For each island the ranking reaches, its best learnware: what a user on the union of islands reuses together."""
+    best = {}
+    for row in order:
+        _, entry, record = stack.members[row]
+        island = _island_id(islands, entry["id"])
+        if island not in best:
+            best[island] = {
+                "island": island,
+                "id": entry["id"],
+                "version": record["version"],
+                "name": entry.get("name", ""),
+                "coverage": round(float(found.coverage[row]), 4),
+                "score": round(float(found.score[row]), 4),
+                "shared": _shared_ids(stack, found, row),
+            }
+    return list(best.values())
 
 
 def _shared_ids(stack, found, row) -> list:
