@@ -33,6 +33,7 @@ def reuse(
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions here (.csv, one row per input row, or .npy)."),
     evaluate: Optional[Path] = typer.Option(None, "--evaluate", help="True labels/targets of --data: report accuracy or MSE."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="What your columns are, comma-separated, in order (default: the CSV header of --data): learnwares read them by market feature."),
     timeout: Optional[float] = timeout_option("Seconds per model call (default: the market's model limit)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -43,6 +44,10 @@ def reuse(
     contract (wrong width, NaN, unknown class) are reported and left out; the
     command fails only when none is left. Every flag and file is checked
     before any model starts.
+
+    With described columns (a CSV header or --columns), a learnware on another column set reads
+    the columns it shares with you by market feature and gets the ones you lack filled in from its
+    RKME (their conditional mean given the shared ones).
 
     Example: lw reuse --market ./market --from found.json -k 3 --data my_rows.csv --out pred.csv
     """
@@ -78,11 +83,12 @@ def reuse(
         output.note(f"note: --method {method} does not use --labeled")
         train = None
 
+    user_columns = _user_columns(output, opened, read, columns)
     with contextlib.ExitStack() as stack:
-        loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1])
+        loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1], user_columns)
         reuser = reuser_class(learnwares=list(loaded))
         if method in ("job-selector", "auto") and from_search is None and len(loaded) > 1:
-            reuser.user_spec = _user_spec(output, opened, rows)
+            reuser.user_spec = user_columns.user_spec() if user_columns is not None else _user_spec(output, opened, rows)
         predictions = _fit_predict(output, reuser, rows, train)
         versions = {d["id"]: d["version"] for d in loaded.described}
         failures = loaded.failures + [{"id": i, "version": versions.get(i), "reason": why} for i, why in reuser.failures_]
@@ -204,12 +210,29 @@ def _user_spec(output: Output, market, rows):
         return fit_rkme(rows, k=market.k, gamma=market.gamma, on_stage=lambda s, d, t: update(d, t, s))
 
 
-def _start_models(stack, output: Output, market, refs: list, timeout: Optional[float], input_dim: int):
+def _user_columns(output: Output, market, read, columns: Optional[str]):
+    """The user's columns as market features (from --columns or the CSV header), or None when undescribed."""
+    from learnware_cli.cli.search_cmd import user_columns_semantic
+    from learnware_cli.errors import InputError
+    from learnware_cli.reuse.market_models import UserColumns
+
+    semantic = user_columns_semantic(columns, None, header=read.header if columns is None and read.header else None)
+    if semantic is None:
+        return None
+    if semantic["Input"]["Dimension"] != read.values.shape[1]:
+        raise InputError(f"--columns names {semantic['Input']['Dimension']} column(s) but your data has {read.values.shape[1]}")
+    from learnware_cli.market.features import build_vocabulary, features_of
+
+    features = features_of(semantic, build_vocabulary(market.entries()))
+    return UserColumns(features, spec=lambda: _user_spec(output, market, read.values))
+
+
+def _start_models(stack, output: Output, market, refs: list, timeout: Optional[float], input_dim: int, user_columns=None):
     """Open the learnwares inside stack (their workers stop when it closes), with a spinner meanwhile."""
     from learnware_cli.reuse.market_models import open_learnwares
 
     with output.progress(f"starting {len(refs)} model worker(s)"):
-        loaded = stack.enter_context(open_learnwares(market, refs, timeout=timeout, input_dim=input_dim))
+        loaded = stack.enter_context(open_learnwares(market, refs, timeout=timeout, input_dim=input_dim, user_columns=user_columns))
     for failure in loaded.failures:
         output.note(f"[yellow]left out[/] {safe(failure['id'])}@{safe(failure['version'])}: {safe(failure['reason'])}")
     return loaded
@@ -233,8 +256,8 @@ def render(console, result: dict, sources: Optional[dict] = None) -> None:
     """Human output; ``sources`` names the file behind each replaced-cells count."""
     auto = result.get("auto")
     title = f"reused with {auto['chosen']} (chosen by auto)" if auto else f"reused with {result['method']}"
-    rows = [[d["id"], d["version"], d["name"], f"{d['weight']:.3f}", "yes" if d["used"] else "no"] for d in result["learnwares"]]
-    console.print(table(title, ["id", "version", "name", "weight", "used"], rows))
+    rows = [[d["id"], d["version"], d["name"], f"{d['weight']:.3f}", "yes" if d["used"] else "no", _columns_note(d)] for d in result["learnwares"]]
+    console.print(table(title, ["id", "version", "name", "weight", "used", "columns"], rows))
     if auto:
         _render_auto(console, auto)
     for failure in result["failures"]:
@@ -247,6 +270,13 @@ def render(console, result: dict, sources: Optional[dict] = None) -> None:
         console.print(f"Predictions for {result['rows']} rows written to {safe(result['out'])}", highlight=False)
     if result["metric"]:
         console.print(f"{result['metric']['name']}: {fmt_float(result['metric']['value'])}", highlight=False)
+
+
+def _columns_note(described: dict) -> str:
+    """How a learnware read the user's columns: yours as they are, or shared by feature + filled in."""
+    if "filled_columns" not in described:
+        return "yours"
+    return f"{described['shared_columns']} shared, {described['filled_columns']} filled in"
 
 
 def _render_auto(console, auto: dict) -> None:

@@ -15,6 +15,12 @@ like a crash: that learnware is left out.
 
 A learnware whose model cannot start is left out and reported in
 ``LoadedLearnwares.failures``; only when none starts is that an error.
+
+When the user's columns are described (``UserColumns``), a learnware that
+shares market features with them reads its columns from hers by feature and
+gets the ones she lacks filled in from its RKME (``reuse.fill``); its RKME is
+carried into her columns for the job selector. Otherwise its input width must
+equal hers, column for column, as before.
 """
 
 from __future__ import annotations
@@ -37,6 +43,23 @@ from learnware_cli.market.store import Market
 from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, failure_reason, normalize_task
 
 Ref = tuple[str, Optional[int], float]  # (learnware id, version or None for the latest, weight)
+
+
+@dataclass
+class UserColumns:
+    """The user's columns as market features (None: undescribed), and her RKME for carrying specs into them.
+
+    spec may be a callable that fits it on first need (only a learnware that
+    does not read exactly her columns in her order needs it).
+    """
+
+    features: list
+    spec: object = None
+
+    def user_spec(self):
+        if callable(self.spec):
+            self.spec = self.spec()
+        return self.spec
 
 # Workers load in threads: start-up is mostly the child importing its libraries,
 # so a few at once overlap that wait without flooding a small machine.
@@ -109,9 +132,14 @@ class _Planned:
     folder: Path
     record: dict  # its index record (the package's recorded sha256)
     semantic: dict  # the stored semantic.json ({} when unreadable)
+    column_map: object = None  # reuse.fill.ColumnMap when it reads the user's columns by feature
 
     def describe(self) -> dict:
-        return {"id": self.id, "version": self.version, "name": self.name, "weight": self.weight}
+        described = {"id": self.id, "version": self.version, "name": self.name, "weight": self.weight}
+        if self.column_map is not None and not self.column_map.identity:
+            described["filled_columns"] = len(self.column_map.missing)
+            described["shared_columns"] = len(self.column_map.shared)
+        return described
 
 
 # --------------------------------------------------------------------------- refs
@@ -178,26 +206,46 @@ def _ref(item, weight_key: Optional[str]) -> Ref:
 # --------------------------------------------------------------------------- opening
 
 
-def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int]) -> list[_Planned]:
+def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int], user_columns: Optional[UserColumns] = None) -> list[_Planned]:
     """Resolve every ref (unknown id or version: NotFoundError) and read its stored semantic specification.
 
     Done for all refs before any worker starts, so a typo costs nothing.
     Folders come from id and version, never from the index's paths.
     """
     index = market.read_index()
+    vocabulary = None
     planned = []
     for learnware_id, version, weight in refs:
         entry = market.entry(learnware_id, index)
         learnware_id = entry["id"]
         record = market.version_record(entry, version)
-        dim = record.get("input_dim")
-        if input_dim is not None and dim is not None and dim != input_dim:
-            raise InputError(f"your data has {input_dim} columns but learnware {learnware_id}@{record['version']} takes {dim}")
         folder = version_folder(market, learnware_id, record)
         name = str(entry.get("name", ""))
         semantic = _read_semantic(folder / "semantic.json")
-        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, record, semantic))
+        column_map = None
+        if user_columns is not None and any(f is not None for f in user_columns.features):
+            from learnware_cli.market.features import build_vocabulary, features_of
+
+            vocabulary = vocabulary or build_vocabulary(index["learnwares"].values())
+            own = features_of(semantic, vocabulary)
+            if set(own) & (set(user_columns.features) - {None}):
+                column_map = _column_map(market, folder, own, user_columns, f"learnware {learnware_id}@{record['version']}")
+        dim = record.get("input_dim")
+        if column_map is None and input_dim is not None and dim is not None and dim != input_dim:
+            raise InputError(f"your data has {input_dim} columns but learnware {learnware_id}@{record['version']} takes {dim}")
+        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, record, semantic, column_map))
     return planned
+
+
+def _column_map(market: Market, folder: Path, own: list, user_columns: UserColumns, what: str):
+    """How a learnware reads the user's columns (reuse.fill.ColumnMap); its RKME fills what she lacks."""
+    from learnware_cli.reuse.fill import ColumnMap
+    from learnware_cli.rkme.spec import RKMESpec
+
+    try:
+        return ColumnMap(own, list(user_columns.features), RKMESpec.load(folder / "rkme.json"))
+    except LwError as exc:
+        raise InputError(f"{what}: {exc.message}") from None
 
 
 def _read_semantic(path: Path) -> dict:
@@ -236,20 +284,25 @@ def _verified_copy(plan: _Planned, own: Path) -> Path:
     return copy
 
 
-def _start(plan: _Planned, scratch: Path, settings: dict) -> tuple[object, ReusableLearnware]:
+def _start(plan: _Planned, scratch: Path, settings: dict, user_spec=None) -> tuple[object, ReusableLearnware]:
     """Verify and extract the package, start its worker, wrap it. Raises LwError on any failure."""
     from learnware_cli.market.package import extract_package
     from learnware_cli.market.worker import ModelWorker
     from learnware_cli.rkme.spec import RKMESpec
 
     task, output_dim = _contract_of(plan.semantic)
-    spec = RKMESpec.load(plan.folder / "rkme.json")
+    spec = plan.column_map.spec if plan.column_map is not None else RKMESpec.load(plan.folder / "rkme.json")
     own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
     package = extract_package(_verified_copy(plan, own), own / "package")
     # copy_package=False: this extraction is private to the worker already
     worker = ModelWorker(package, copy_package=False, **settings)
     try:
         model = WorkerModel(worker, worker.start(), task, output_dim)
+        if plan.column_map is not None and not plan.column_map.identity:
+            from learnware_cli.reuse.fill import MappedModel, user_space_spec
+
+            model = MappedModel(model, plan.column_map)
+            spec = user_space_spec(plan.column_map, user_spec) if user_spec is not None else None
         n_classes = output_dim if task == CLASSIFICATION else None
         return worker, ReusableLearnware(plan.id, model, spec=spec, task=task, n_classes=n_classes, weight=plan.weight)
     except BaseException:
@@ -257,14 +310,14 @@ def _start(plan: _Planned, scratch: Path, settings: dict) -> tuple[object, Reusa
         raise
 
 
-def _start_all(planned: list[_Planned], scratch: Path, settings: dict) -> list[Future]:
+def _start_all(planned: list[_Planned], scratch: Path, settings: dict, user_spec=None) -> list[Future]:
     """Start every worker (a few at a time) and wait for all; futures in plan order.
 
     If we are interrupted while waiting, each worker that still comes up is
     closed as soon as it does, so no model process outlives us.
     """
     pool = ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_STARTS, len(planned)))
-    futures = [pool.submit(_start, plan, scratch, settings) for plan in planned]
+    futures = [pool.submit(_start, plan, scratch, settings, user_spec) for plan in planned]
     try:
         wait(futures)
     except BaseException:
@@ -288,13 +341,16 @@ def open_learnwares(
     timeout: Optional[float] = None,
     memory_mb: Optional[int] = None,
     input_dim: Optional[int] = None,
+    user_columns: Optional[UserColumns] = None,
 ) -> Iterator[LoadedLearnwares]:
     """Start a worker per learnware; yield the ones that started; stop every worker at exit.
 
     refs: (id, version or None for the latest, weight), best first. timeout
     (seconds per model call) and memory_mb default to the market's model
     limits. input_dim, when given, must match each learnware's (InputError
-    otherwise, before any worker starts). Raises ReuseError when no learnware starts.
+    otherwise, before any worker starts) unless the learnware reads the
+    user's columns by market feature (user_columns, see the module
+    docstring). Raises ReuseError when no learnware starts.
     """
     if not refs:
         raise InputError("no learnwares to reuse")
@@ -303,11 +359,13 @@ def open_learnwares(
     from learnware_cli.market.worker import worker_options
 
     settings = dict(worker_options(market.limits, str(market.root / "market.json")), timeout=timeout, memory_mb=memory_mb)
-    planned = _plan(market, refs, input_dim)
+    planned = _plan(market, refs, input_dim, user_columns)
+    mapped = any(p.column_map is not None and not p.column_map.identity for p in planned)
+    user_spec = user_columns.user_spec() if mapped else None
     loaded = LoadedLearnwares()
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lw-reuse-")))
-        futures = _start_all(planned, scratch, settings)
+        futures = _start_all(planned, scratch, settings, user_spec)
         started = [f.result() if f.exception() is None else None for f in futures]
         for pair in started:
             if pair is not None:
