@@ -47,8 +47,10 @@ def assemble(specs: dict, column_sets=COLUMN_SETS):
 
 
 def feature_stack(world: World):
+    """(stack, the spec of each stack row): rows are sorted by feature layout, not in insertion order."""
     specs = fitted_specs(world)
-    return assemble(specs), list(specs.values())
+    stack = assemble(dict(reversed(list(specs.items()))))  # insertion order must not matter
+    return stack, [specs[entry["id"]] for _, entry, _ in stack.members]
 
 
 def numpy_marginal_mmd2(user_z, user_beta, user_columns, own_z, own_beta, own_columns, sigma):

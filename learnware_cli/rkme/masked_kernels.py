@@ -61,39 +61,58 @@ def learnware_self_products(scaled, betas, weights):
     return jax.lax.map(one, (scaled, betas, weights), batch_size=64)
 
 
-def cross_products(x, beta, scaled, betas, weights, columns, block=128):
+def cross_products(x, beta, scaled, betas, scale, columns, uniform, block=128):
     """<u, s_l>_S for every learnware of a stack, in blocks of ``block`` learnwares.
 
-    x (K_u, D_u), beta (K_u,) the user's scaled points and weights; scaled (L, K, d),
-    betas (L, K), weights (L, d), columns (L, d) as in the module docstring.
-    With onehot_lcf = w_lc [columns_lc = f] (built per block), the squared
-    distance for learnware l is expanded as
-        sum_f W_lf x_if^2 + sum_c w_lc y_kc^2 - 2 sum_f x_if Y_kf,
-    with W_l = sum_c onehot_lc (the user-column weights) and Y = y @ onehot_l
-    (its points carried into the user's columns, weighted), so each block is one
-    (K_u, D_u) x (D_u, block K) matmul and one exp, like a same-island search.
-    L must be a multiple of block. -> (L,).
+    x (K_u, D_u), beta (K_u,): the user's scaled points and weights; scaled
+    (L, K, d), betas (L, K); scale (L,) = 1 / |S_l|; columns (L, d): the user
+    column of each learnware column (-1: she lacks it); uniform (L / block,)
+    bool: every learnware of the block reads the same features (the stack is
+    sorted so that almost every block is). L must be a multiple of block.
+
+    The user's points are carried into the learnwares' columns (her column
+    c for their column c, 0 where she lacks it), so the cross term needs no
+    mask: x_c y_c vanishes off S. The squared distance expands as
+        |S|^-1 (sum_{c in S} y_c^2 + sum_c x_c^2 - 2 sum_c x_c y_c).
+    A uniform block carries the user's points once and makes one
+    (K_u, d) x (d, block K) matmul and one exp, exactly a same-island block;
+    a mixed block (at the border of two column sets) carries them per
+    learnware and uses a batched matmul. -> (L,).
     """
     m, k, d = scaled.shape
     x = x.astype(scaled.dtype)
     beta = beta.astype(scaled.dtype)
-    x_sq = x * x
+    padded_x = jnp.concatenate([x, jnp.zeros((x.shape[0], 1), x.dtype)], axis=1)  # column -1 reads zeros
+    gather = jnp.where(columns >= 0, columns, x.shape[1])
     blocks = (
         scaled.reshape(m // block, block, k, d),
         betas.reshape(m // block, block, k),
-        weights.reshape(m // block, block, d),
-        columns.reshape(m // block, block, d),
+        scale.reshape(m // block, block),
+        gather.reshape(m // block, block, d),
+        uniform,
     )
-    user_columns = jnp.arange(x.shape[1])
+
+    def uniform_block(args):
+        yb, bb, wb, gb = args
+        w = wb[0]
+        points = yb.reshape(block * k, d)
+        carried = jnp.take(padded_x, gb[0], axis=1)  # (K_u, d)
+        own_norms = (points * points) @ ((gb[0] < x.shape[1]).astype(yb.dtype) * w)
+        user_norms = w * jnp.sum(carried * carried, axis=1)
+        kernel = jnp.exp(jnp.minimum((2.0 * w) * (carried @ points.T) - own_norms[None, :] - user_norms[:, None], 0.0))
+        return jnp.sum((beta @ kernel).reshape(block, k) * bb, axis=1)
+
+    def mixed_block(args):
+        yb, bb, wb, gb = args
+        carried = jnp.transpose(jnp.take(padded_x, gb, axis=1), (1, 0, 2))  # (block, K_u, d)
+        user_norms = jnp.sum(carried * carried, axis=2)
+        own_norms = jnp.einsum("bkc,bc->bk", yb * yb, (gb < x.shape[1]).astype(yb.dtype))
+        products = jnp.einsum("bic,bkc->bik", carried, yb)
+        exponent = (2.0 * products - own_norms[:, None, :] - user_norms[:, :, None]) * wb[:, None, None]
+        return jnp.einsum("i,bik,bk->b", beta, jnp.exp(jnp.minimum(exponent, 0.0)), bb)
 
     def one_block(args):
-        yb, bb, wb, cb = args
-        ob = (cb[:, :, None] == user_columns).astype(yb.dtype) * wb[:, :, None]  # (block, d, D_u)
-        carried = jnp.einsum("bkc,bcf->bkf", yb, ob)  # (block, K, D_u)
-        user_norms = x_sq @ jnp.sum(ob, axis=1).T  # (K_u, block)
-        own_norms = jnp.einsum("bkc,bc->bk", yb * yb, wb)  # (block, K)
-        products = (x @ carried.reshape(block * k, -1).T).reshape(-1, block, k)
-        d2 = jnp.maximum(user_norms[:, :, None] + own_norms[None, :, :] - 2.0 * products, 0.0)
-        return jnp.einsum("i,ibk,bk->b", beta, jnp.exp(-d2), bb)
+        *arrays, is_uniform = args
+        return jax.lax.cond(is_uniform, uniform_block, mixed_block, arrays)
 
     return jax.lax.map(one_block, blocks).reshape(m)

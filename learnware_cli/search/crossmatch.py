@@ -88,6 +88,8 @@ class FeatureStack:
     full_selfs: np.ndarray  # (L,) <s, s>_S with S = every described column
     count: int
     generation: int
+    patterns: np.ndarray = None  # (L,) id of the row's feature layout; rows are sorted by it
+    uniform: np.ndarray = None  # (L / BLOCK,) bool: the block's rows share one layout
 
     @property
     def described(self) -> np.ndarray:
@@ -128,6 +130,7 @@ def current(market: Market, index: dict, vocabulary=None, progress: Optional[Cal
             continue
         members += group
         parts.append((stack.zs[: len(group)], stack.betas[: len(group)]))
+    # (each part keeps its per-dimension order; _assemble sorts rows by feature layout)
     if not members:
         return None
     built = _assemble(members, parts, vocabulary, int(index.get("generation", 0)))
@@ -145,15 +148,27 @@ def _assemble(members: list, parts: list, vocabulary, generation: int) -> Featur
     width = max(z.shape[2] for z, _ in parts)
     k_max = max(z.shape[1] for z, _ in parts)
     slots = -(-len(members) // BLOCK) * BLOCK
+    # rows sorted by feature layout, so that blocks of BLOCK rows read one layout (see masked_kernels.cross_products)
+    layouts = _feature_rows(vocabulary, members, feature_index, width)
+    unique_layouts, layout_of = np.unique(layouts, axis=0, return_inverse=True)
+    order = np.argsort(layout_of.reshape(-1), kind="stable")
+    members = [members[i] for i in order]
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))
     zs = np.zeros((slots, k_max, width), dtype=np.float32)
     betas = np.zeros((slots, k_max), dtype=np.float32)
     row = 0
     for z, beta in parts:
-        zs[row : row + len(z), : z.shape[1], : z.shape[2]] = z
-        betas[row : row + len(z), : z.shape[1]] = beta
+        target = where[row : row + len(z)]
+        zs[target, : z.shape[1], : z.shape[2]] = z
+        betas[target, : z.shape[1]] = beta
         row += len(z)
     features = np.full((slots, width), -1, dtype=np.int32)
-    features[: len(members)] = _feature_rows(vocabulary, members, feature_index, width)
+    features[: len(members)] = layouts[order]
+    patterns = np.full(slots, len(unique_layouts), dtype=np.int64)  # padding: a layout of its own
+    patterns[: len(members)] = layout_of.reshape(-1)[order]
+    by_block = patterns.reshape(-1, BLOCK)
+    uniform = np.all(by_block == by_block[:, :1], axis=1)
     widths = np.ones(slots, dtype=np.int32)
     widths[: len(members)] = [int(record.get("input_dim") or 1) for _, _, record in members]
     sigma = feature_scales(zs, betas, features, len(feature_ids))
@@ -175,6 +190,8 @@ def _assemble(members: list, parts: list, vocabulary, generation: int) -> Featur
         full_selfs=full_selfs,
         count=len(members),
         generation=generation,
+        patterns=patterns,
+        uniform=uniform,
     )
 
 
@@ -267,15 +284,18 @@ def match(user_z: np.ndarray, user_beta: np.ndarray, user_features: Sequence[Opt
     shared[stack.count :] = 0
     weights = np.where(shared_cells, 1.0 / np.maximum(shared, 1)[:, None], 0.0).astype(np.float32)
 
-    # <u, u>_S: once per distinct S (its user-column weights)
-    user_weights = np.zeros((len(columns), d_pad), dtype=np.float32)
-    rows, cols = np.nonzero(shared_cells)
-    np.add.at(user_weights, (rows, columns[rows, cols]), weights[rows, cols])
-    patterns, which = np.unique(user_weights, axis=0, return_inverse=True)
-    padded_patterns = np.zeros((_bucket(len(patterns), 8), d_pad), dtype=np.float32)
-    padded_patterns[: len(patterns)] = patterns
+    # <u, u>_S: once per feature layout (rows of one layout share S), then once per distinct S
+    first_of_layout = np.unique(stack.patterns, return_index=True)[1]
+    layout_rows = np.searchsorted(stack.patterns[first_of_layout], stack.patterns)
+    user_weights = np.zeros((len(first_of_layout), d_pad), dtype=np.float32)
+    rows, cols = np.nonzero(shared_cells[first_of_layout])
+    np.add.at(user_weights, (rows, columns[first_of_layout][rows, cols]), weights[first_of_layout][rows, cols])
+    distinct, which = np.unique(user_weights, axis=0, return_inverse=True)
+    padded = np.zeros((_bucket(len(distinct), 8), d_pad), dtype=np.float32)
+    padded[: len(distinct)] = distinct
     pair_terms = pairs_program(jnp.asarray(x))
-    own = np.asarray(own_program(pair_terms, jnp.asarray(beta), jnp.asarray(padded_patterns)), dtype=np.float64)[which.reshape(-1)]
+    own_per_s = np.asarray(own_program(pair_terms, jnp.asarray(beta), jnp.asarray(padded)), dtype=np.float64)
+    own = own_per_s[which.reshape(-1)][layout_rows]
 
     # <s, s>_S: precomputed for full coverage, computed for the partly covered
     selfs = stack.full_selfs.copy()
@@ -288,8 +308,11 @@ def match(user_z: np.ndarray, user_beta: np.ndarray, user_features: Sequence[Opt
         computed = self_program(jnp.take(stack.scaled, take, axis=0), jnp.take(stack.betas, take, axis=0), jnp.asarray(part_weights))
         selfs[partial] = np.asarray(computed, dtype=np.float64)[: partial.size]
 
+    scale = (1.0 / np.maximum(shared, 1)).astype(np.float32)
     cross = np.asarray(
-        cross_program(jnp.asarray(x), jnp.asarray(beta), stack.scaled, stack.betas, jnp.asarray(weights), jnp.asarray(columns), block=BLOCK),
+        cross_program(
+            jnp.asarray(x), jnp.asarray(beta), stack.scaled, stack.betas, jnp.asarray(scale), jnp.asarray(columns), jnp.asarray(stack.uniform), block=BLOCK
+        ),
         dtype=np.float64,
     )
     n = stack.count

@@ -202,6 +202,29 @@ def _vocabulary(index: dict):
     return _VOCABULARIES["vocabulary"]
 
 
+def _islands(index: dict):
+    """The islands of this index (kept while the same parsed index is in use, like the vocabulary)."""
+    from learnware_cli.market.islands import compute_islands
+
+    if _VOCABULARIES.get("islands_of") is not index:
+        _VOCABULARIES.update(islands_of=index, islands=compute_islands(index["learnwares"].values(), _vocabulary(index)))
+    return _VOCABULARIES["islands"]
+
+
+_SPECS: dict = {}
+_SPECS_KEPT = 256
+
+
+def _stored_spec(market: Market, learnware_id: str, version: int):
+    """A stored version's RKME in float64, kept per process (a stored version never changes)."""
+    key = (str(market.root.resolve()), market.config.get("created", ""), learnware_id, version)  # a market re-made at the same path is another market
+    if key not in _SPECS:
+        if len(_SPECS) >= _SPECS_KEPT:
+            _SPECS.pop(next(iter(_SPECS)))
+        _SPECS[key] = load_spec(market.version_dir(learnware_id, version) / "rkme.json")
+    return _SPECS[key]
+
+
 def _search_features(market, index, user_spec, user_features, allowed, k, mixture, mixture_method, progress, result) -> SearchResult:
     """The "features" match: see search.crossmatch."""
     from learnware_cli.search import crossmatch
@@ -220,14 +243,12 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
         order = np.array([row for row in order if stack.members[row][1]["id"] in allowed], dtype=int)
     result.considered = int(order.size)
     restricted = {}
-    from learnware_cli.market.islands import compute_islands
-
-    islands = compute_islands(index["learnwares"].values(), _vocabulary(index))
+    islands = _islands(index)
 
     def on_shared(row):
         if row not in restricted:
             _, entry, record = stack.members[row]
-            own = load_spec(market.version_dir(entry["id"], record["version"]) / "rkme.json")
+            own = _stored_spec(market, entry["id"], record["version"])
             restricted[row] = crossmatch.restricted_specs(user_spec.z, user_spec.beta, user_features, stack, row, own)
         return restricted[row]
 
@@ -282,21 +303,23 @@ def _island_id(islands, learnware_id: str) -> Optional[str]:
 
 def _best_per_island(stack, found, order, islands) -> list:
     """For each island the ranking reaches, its best learnware: what a user on the union of islands reuses together."""
-    best = {}
-    for row in order:
+    labels = [_island_id(islands, entry["id"]) for _, entry, _ in stack.members]
+    codes = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    island_of_row = np.array([codes[label] for label in labels], dtype=int)
+    _, first = np.unique(island_of_row[order], return_index=True)  # first = best, the order being best first
+    best = []
+    for row in order[np.sort(first)]:
         _, entry, record = stack.members[row]
-        island = _island_id(islands, entry["id"])
-        if island not in best:
-            best[island] = {
-                "island": island,
-                "id": entry["id"],
-                "version": record["version"],
-                "name": entry.get("name", ""),
-                "coverage": round(float(found.coverage[row]), 4),
-                "score": round(float(found.score[row]), 4),
-                "shared": _shared_ids(stack, found, row),
-            }
-    return list(best.values())
+        best.append({
+            "island": labels[row],
+            "id": entry["id"],
+            "version": record["version"],
+            "name": entry.get("name", ""),
+            "coverage": round(float(found.coverage[row]), 4),
+            "score": round(float(found.score[row]), 4),
+            "shared": _shared_ids(stack, found, row),
+        })
+    return best
 
 
 def _shared_ids(stack, found, row) -> list:
