@@ -61,14 +61,16 @@ def learnware_self_products(scaled, betas, weights):
     return jax.lax.map(one, (scaled, betas, weights), batch_size=64)
 
 
-def cross_products(x, beta, scaled, betas, scale, columns, uniform, block=128):
+def cross_products(x, beta, scaled, betas, scale, columns, kind, block=128):
     """<u, s_l>_S for every learnware of a stack, in blocks of ``block`` learnwares.
 
     x (K_u, D_u), beta (K_u,): the user's scaled points and weights; scaled
     (L, K, d), betas (L, K); scale (L,) = 1 / |S_l|; columns (L, d): the user
-    column of each learnware column (-1: she lacks it); uniform (L / block,)
-    bool: every learnware of the block reads the same features (the stack is
-    sorted so that almost every block is). L must be a multiple of block.
+    column of each learnware column (-1: she lacks it); kind (L / block,) int:
+    0 when no learnware of the block shares a feature with her (skipped: 0),
+    1 when every learnware of the block reads the same features (the stack is
+    sorted so that almost every block does), 2 otherwise. L must be a
+    multiple of block.
 
     The user's points are carried into the learnwares' columns (her column
     c for their column c, 0 where she lacks it), so the cross term needs no
@@ -89,7 +91,7 @@ def cross_products(x, beta, scaled, betas, scale, columns, uniform, block=128):
         betas.reshape(m // block, block, k),
         scale.reshape(m // block, block),
         gather.reshape(m // block, block, d),
-        uniform,
+        kind,
     )
 
     def uniform_block(args):
@@ -111,8 +113,11 @@ def cross_products(x, beta, scaled, betas, scale, columns, uniform, block=128):
         exponent = (2.0 * products - own_norms[:, None, :] - user_norms[:, :, None]) * wb[:, None, None]
         return jnp.einsum("i,bik,bk->b", beta, jnp.exp(jnp.minimum(exponent, 0.0)), bb)
 
+    def unrelated_block(args):
+        return jnp.zeros(block, scaled.dtype)
+
     def one_block(args):
-        *arrays, is_uniform = args
-        return jax.lax.cond(is_uniform, uniform_block, mixed_block, arrays)
+        *arrays, block_kind = args
+        return jax.lax.switch(block_kind, (unrelated_block, uniform_block, mixed_block), arrays)
 
     return jax.lax.map(one_block, blocks).reshape(m)

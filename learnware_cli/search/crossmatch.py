@@ -33,7 +33,7 @@ features with a learnware is compared with it on S:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -90,6 +90,7 @@ class FeatureStack:
     generation: int
     patterns: np.ndarray = None  # (L,) id of the row's feature layout; rows are sorted by it
     uniform: np.ndarray = None  # (L / BLOCK,) bool: the block's rows share one layout
+    memo: dict = field(default_factory=dict)  # what callers derive once per stack
 
     @property
     def described(self) -> np.ndarray:
@@ -309,10 +310,10 @@ def match(user_z: np.ndarray, user_beta: np.ndarray, user_features: Sequence[Opt
         selfs[partial] = np.asarray(computed, dtype=np.float64)[: partial.size]
 
     scale = (1.0 / np.maximum(shared, 1)).astype(np.float32)
+    related = (shared > 0).reshape(-1, BLOCK).any(axis=1)
+    kind = np.where(related, np.where(stack.uniform, 1, 2), 0).astype(np.int32)  # see masked_kernels.cross_products
     cross = np.asarray(
-        cross_program(
-            jnp.asarray(x), jnp.asarray(beta), stack.scaled, stack.betas, jnp.asarray(scale), jnp.asarray(columns), jnp.asarray(stack.uniform), block=BLOCK
-        ),
+        cross_program(jnp.asarray(x), jnp.asarray(beta), stack.scaled, stack.betas, jnp.asarray(scale), jnp.asarray(columns), jnp.asarray(kind), block=BLOCK),
         dtype=np.float64,
     )
     n = stack.count

@@ -303,9 +303,12 @@ def _island_id(islands, learnware_id: str) -> Optional[str]:
 
 def _best_per_island(stack, found, order, islands) -> list:
     """For each island the ranking reaches, its best learnware: what a user on the union of islands reuses together."""
-    labels = [_island_id(islands, entry["id"]) for _, entry, _ in stack.members]
-    codes = {label: i for i, label in enumerate(dict.fromkeys(labels))}
-    island_of_row = np.array([codes[label] for label in labels], dtype=int)
+    key = ("islands", id(islands))
+    if key not in stack.memo:  # the stack lives as long as its index, and so do these islands
+        labels = [_island_id(islands, entry["id"]) for _, entry, _ in stack.members]
+        codes = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        stack.memo[key] = (labels, np.array([codes[label] for label in labels], dtype=int))
+    labels, island_of_row = stack.memo[key]
     _, first = np.unique(island_of_row[order], return_index=True)  # first = best, the order being best first
     best = []
     for row in order[np.sort(first)]:
