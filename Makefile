@@ -9,7 +9,7 @@ export LW_JAX_CACHE ?= $(CURDIR)/.jax_cache
 
 INSTALLED := $(VENV)/.lw-installed
 
-.PHONY: install test test-slow bench demo experiment experiment-quick clean
+.PHONY: install test test-slow bench demo experiment experiment-quick experiment-multimodal experiment-multimodal-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ experiment: install
 
 experiment-quick: install
 	$(BIN)/python -m learnware_cli.experiment.run --out experiment-out --quick
+
+# the paper's multimodal case: users on the union of two islands (flights x weather x aircraft)
+experiment-multimodal: install
+	$(BIN)/python -m learnware_cli.experiment.multimodal --out experiment-multimodal-out
+
+experiment-multimodal-quick: install
+	$(BIN)/python -m learnware_cli.experiment.multimodal --out experiment-multimodal-out --quick
 
 clean:
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK) .jax_cache .pytest_cache $(INSTALLED)
