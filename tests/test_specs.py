@@ -51,10 +51,10 @@ def test_fit_through_the_interface_is_fit_rkme():
 
 
 def test_unknown_type_is_one_line_spec_error_naming_the_known_types(tmp_path):
-    with pytest.raises(SpecError, match=r"unknown specification type 'RKMEImageSpecification' \(known: .*RKMETableSpecification"):
-        spec_class("RKMEImageSpecification")
-    path = tmp_path / "image.json"
-    path.write_text(json.dumps({"type": "RKMEImageSpecification", "z": [[1.0]], "beta": [1.0]}))
+    with pytest.raises(SpecError, match=r"unknown specification type 'RKMEVideoSpecification' \(known: .*RKMETableSpecification"):
+        spec_class("RKMEVideoSpecification")
+    path = tmp_path / "video.json"
+    path.write_text(json.dumps({"type": "RKMEVideoSpecification", "z": [[1.0]], "beta": [1.0]}))
     with pytest.raises(SpecError) as caught:
         load_spec(path)
     assert caught.value.message.startswith(f"{path}: unknown specification type")

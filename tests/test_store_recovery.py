@@ -41,7 +41,7 @@ def _add(market: Market, work: Path, seed: int, update_id=None, **extra) -> tupl
     spec = _spec(seed)
     spec.save(folder / "rkme.json")
     semantic = spec_only_semantic(f"learnware {seed}", DIM)
-    fields = {**stored_record_fields(semantic, spec.dim, spec.size, package.stat().st_size), **extra}
+    fields = {**stored_record_fields(semantic, spec, package.stat().st_size), **extra}
     return market.add_version({"package.zip": package, "rkme.json": folder / "rkme.json"}, semantic, fields, update_id)
 
 

@@ -301,6 +301,8 @@ def _serve(model, info: dict, proto_in: int, proto_out: int, counter: _Counter) 
                 response, body = {"ok": True, "op": op, "info": info}, b""
             elif op in ("predict", "predict_proba"):
                 x = np.load(io.BytesIO(payload), allow_pickle=False)
+                if x.dtype.kind == "U":  # texts: a text model takes a list of str
+                    x = x.tolist()
                 y = _to_numeric_array(getattr(model, op)(x))
                 buf = io.BytesIO()
                 np.save(buf, y, allow_pickle=False)

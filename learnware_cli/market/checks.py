@@ -159,9 +159,12 @@ def choose_semantic(zip_path, scan, limits, semantic_override: Optional[dict]) -
         if raw is None:
             _reject("semantic", f"no semantic specification: the package has no {pkg.SEMANTIC_FILE} and none was given")
         semantic = validate_semantic(raw)
-    if semantic_value(semantic, "Data") != "Table":
-        _reject("semantic", f"Data is {semantic_value(semantic, 'Data')!r} but an RKMETableSpecification needs 'Table'")
+    if semantic_value(semantic, "Data") not in DATA_TYPES:
+        _reject("semantic", f"Data is {semantic_value(semantic, 'Data')!r}; this market holds {', '.join(DATA_TYPES)} learnwares")
     return semantic
+
+
+DATA_TYPES = ("Table", "Image", "Text")  # the data types a specification kind exists for
 
 
 def _dimension(semantic: dict, block: str) -> Optional[int]:
@@ -209,9 +212,19 @@ def check_update(old: dict, new: dict, allow_breaking: bool) -> dict:
 
 
 def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> dict:
-    """Spec sanity against the semantic spec and the market's settings; returns a summary."""
-    z, beta = spec.stack_arrays()
+    """Spec sanity against the semantic spec and the market's settings; returns a summary.
+
+    Every kind: finite points, simplex weights, at most k points, the data
+    type it describes = the semantic Data. Kinds with a kernel width (table,
+    text): the market's gamma. Tables: the width = Input.Dimension.
+    """
+    from learnware_cli.specs import data_type_of
+
+    z, beta = (np.asarray(a, dtype=np.float64) for a in spec.stack_arrays())
     island = spec.island_key()
+    data_type = semantic_value(semantic, "Data")
+    if data_type_of(spec) != data_type:
+        _reject("spec", f"a {spec.type_name} describes {data_type_of(spec)} data but the semantic spec says Data is {data_type}")
     if not (np.all(np.isfinite(z)) and np.all(np.isfinite(beta))):
         _reject("spec", "z and beta must be finite (found NaN or Inf)")
     biggest = float(np.max(np.abs(z)))
@@ -223,13 +236,13 @@ def check_spec(spec, semantic: dict, gamma: float, k: Optional[int] = None) -> d
     if abs(total - 1.0) > BETA_SUM_TOL:
         _reject("spec", f"beta sums to {total:.9g}, not 1 (tolerance {BETA_SUM_TOL:g})")
     input_dim = semantic.get("Input", {}).get("Dimension")
-    if input_dim is not None and island.dim != input_dim:
+    if data_type == "Table" and input_dim is not None and island.dim != input_dim:
         _reject("spec", f"spec dimension {island.dim} differs from semantic Input.Dimension {input_dim}")
-    if not math.isclose(island.gamma, gamma, rel_tol=GAMMA_REL_TOL):
+    if island.gamma > 0 and not math.isclose(island.gamma, gamma, rel_tol=GAMMA_REL_TOL):
         _reject("spec", f"spec gamma {island.gamma:g} differs from the market's gamma {gamma:g}")
-    if k is not None and spec.size > k:
-        _reject("spec", f"spec has {spec.size} reduced-set points, the market allows at most {k}")
-    return {"dim": spec.dim, "k": spec.size, "gamma": spec.gamma, "num_points": spec.num_points, "beta_sum": total}
+    if k is not None and len(beta) > k:
+        _reject("spec", f"spec has {len(beta)} reduced-set points, the market allows at most {k}")
+    return {"type": spec.type_name, "dim": island.dim, "k": len(beta), "gamma": island.gamma, "num_points": getattr(spec, "num_points", 0), "beta_sum": total}
 
 
 def probe_candidates(spec, n_rows: int, limits: CheckLimits) -> int:
@@ -239,8 +252,10 @@ def probe_candidates(spec, n_rows: int, limits: CheckLimits) -> int:
     matrix (measured); counted three and two times for margin. Wide specs get
     fewer candidates; one that cannot get n_rows of them is rejected.
     """
-    from learnware_cli.rkme.spec import default_herd_candidates
+    from learnware_cli.rkme.spec import RKMESpec, default_herd_candidates
 
+    if not isinstance(spec, RKMESpec):  # other kinds draw a fixed, small probe set (images: at most n_rows)
+        return 0
     d, k = spec.dim, spec.size
     per_candidate = _PROBE_BYTES_PER_VALUE * (3 * d + 2 * k)
     budget = limits.max_probe_bytes - _PROBE_BYTES_PER_VALUE * n_rows * d  # the rows themselves
@@ -255,7 +270,7 @@ def probe_candidates(spec, n_rows: int, limits: CheckLimits) -> int:
 
 def check_interface(info: dict, semantic: dict) -> None:
     """Declared shapes against the semantic spec, as the reference checker does."""
-    input_dim = semantic.get("Input", {}).get("Dimension")
+    input_dim = semantic.get("Input", {}).get("Dimension") if semantic_value(semantic, "Data") == "Table" else None
     if info["input_shape"] is None:
         _reject("model-interface", f"model input_shape must be a tuple of ints, got {info['declared_input_shape']}")
     if input_dim is not None and tuple(info["input_shape"]) != (input_dim,):
@@ -318,9 +333,36 @@ def _check_flood(worker: ModelWorker, check: str, cap: int) -> None:
         _reject(check, f"model wrote {worker.output_bytes} bytes to stdout/stderr, the limit is {cap}")
 
 
-def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap, worker_options) -> None:
-    from learnware_cli.rkme import herd
+PROBE_TEXTS = "probes/text.txt"  # in market_template: sentences every text model is tried on
 
+
+def probe_inputs(spec, n_rows: int, n_candidates: int, input_shape=None):
+    """What the model is tried on: drawn from its specification (table rows, images), else the
+    market's probe texts. Images are brought to the model's declared (C, H, W)."""
+    try:
+        x = spec.probe_inputs(n_rows, n_candidates=n_candidates) if n_candidates else spec.probe_inputs(n_rows)
+    except NotImplementedError:
+        from learnware_cli.market.store import template_text
+
+        texts = [line.strip() for line in template_text(PROBE_TEXTS).splitlines() if line.strip()]
+        return [texts[i % len(texts)] for i in range(n_rows)]
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 4 and input_shape is not None and len(input_shape) == 3 and tuple(x.shape[1:]) != tuple(input_shape):
+        x = resize_images(x, tuple(input_shape))
+    return x
+
+
+def resize_images(images: np.ndarray, shape: tuple) -> np.ndarray:
+    """(n, C, H, W) -> (n, C', H', W'): bilinear in space; 1 -> 3 channels by repetition, 3 -> 1 by the mean."""
+    import jax
+
+    channels, height, width = shape
+    if images.shape[1] != channels:
+        images = images.mean(axis=1, keepdims=True) if channels == 1 else np.repeat(images[:, :1], channels, axis=1)
+    return np.asarray(jax.image.resize(images, (images.shape[0], channels, height, width), method="linear"))
+
+
+def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap, worker_options) -> None:
     worker = ModelWorker(
         package_dir,
         timeout=timeout,
@@ -341,7 +383,7 @@ def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout
         report.model["load_seconds"] = round(worker.load_seconds, 4)
         with _timed(report, "model-interface"):
             check_interface(info, semantic)
-        x = herd(spec, n_rows, n_candidates=n_candidates)
+        x = probe_inputs(spec, n_rows, n_candidates, info.get("input_shape"))
         with _timed(report, "model-predict"):
             try:
                 y = worker.predict(x)

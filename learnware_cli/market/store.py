@@ -751,7 +751,7 @@ class Market:
             "submitted": _dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc).isoformat(timespec="seconds"),
             "checksum": checksum,
             "path": self._relative(folder),
-            **stored_record_fields(semantic, spec.dim, spec.size, stat.st_size),
+            **stored_record_fields(semantic, spec, stat.st_size),
         }
         return {"id": learnware_id, "name": semantic_name(semantic), "semantic": semantic, "record": record}
 
@@ -765,14 +765,21 @@ class Market:
         return backup.name
 
 
-def stored_record_fields(semantic: dict, input_dim: int, k: int, package_bytes: int) -> dict:
-    """The index record fields a version's files determine (what submit records besides price and notes)."""
+def stored_record_fields(semantic: dict, spec, package_bytes: int) -> dict:
+    """The index record fields a version's files determine (what submit records besides price and notes).
+
+    input_dim is the specification's dimension (a table's width; an image
+    spec's C x 32 x 32) and spec_kind its island kind ("table", "image",
+    "text:EMBEDDER"), which the search cache groups by.
+    """
     task = _semantic_value(semantic, "Task", "Values")
+    island = spec.island_key()
     return {
-        "input_dim": input_dim,
+        "input_dim": island.dim,
         "output_dim": _semantic_value(semantic, "Output", "Dimension"),
         "task": task[0] if isinstance(task, list) and task else "",
-        "K": k,
+        "K": len(spec.stack_arrays().beta),
+        "spec_kind": island.kind,
         "package_bytes": package_bytes,
     }
 

@@ -150,7 +150,7 @@ def _internal(zip_path: Path, exc: Exception) -> SubmitOutcome:
 
 
 def _record_fields(report, package_bytes: int, options: _Options) -> dict:
-    fields = stored_record_fields(report.semantic, report.rkme.dim, report.rkme.size, package_bytes)
+    fields = stored_record_fields(report.semantic, report.rkme, package_bytes)
     if report.update.get("breaking_changes"):
         fields["breaking"] = True
     if options.price is not None:

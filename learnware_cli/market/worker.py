@@ -339,7 +339,7 @@ class ModelWorker:
     def _call(self, op: str, x) -> np.ndarray:
         if self._proc is None:
             self.start()  # raises if this worker already ran and stopped
-        x = np.ascontiguousarray(np.asarray(x, dtype=np.float64))
+        x = model_input(x)
         buf = io.BytesIO()
         np.save(buf, x, allow_pickle=False)
         self._begin_call(self.timeout)
@@ -594,6 +594,20 @@ def _clean_sandbox(report) -> dict:
     if isinstance(report.get("namespaces"), list):
         clean["namespaces"] = [str(n)[:20] for n in report["namespaces"][:8]]
     return clean
+
+
+def model_input(x) -> np.ndarray:
+    """What crosses to the worker: numbers as float64 (any shape: rows, images), texts as a str array.
+
+    Both are plain ``np.save`` arrays (no pickle); the worker hands texts to
+    the model as a list of str, the form text models take.
+    """
+    if isinstance(x, (list, tuple)) and x and all(isinstance(item, str) for item in x):
+        return np.array(x, dtype=str)
+    array = np.asarray(x)
+    if array.dtype.kind == "U":
+        return np.ascontiguousarray(array)
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float64))
 
 
 def worker_options(limits: dict, where: str = "market.json") -> dict:

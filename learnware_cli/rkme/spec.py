@@ -43,6 +43,7 @@ class RKMESpec:
     """
 
     type_name: ClassVar[str] = SPEC_TYPE
+    data_type: ClassVar[str] = "Table"
 
     z: np.ndarray
     beta: np.ndarray
@@ -131,6 +132,15 @@ class RKMESpec:
     def mmd2_to_stack(self, stack: "SpecStack") -> np.ndarray:
         """MMD^2 to every spec of a SpecStack, float64 (M,) (``mmd2_to_many``)."""
         return mmd2_to_many(self, stack)
+
+    @classmethod
+    def make_stack(cls, zs, betas, gamma: float = DEFAULT_GAMMA) -> "SpecStack":
+        """Stacked specs of one island (zs (M, K, d), betas (M, K), zero-padded) as a float32 search stack."""
+        return SpecStack.from_arrays(np.asarray(zs), np.asarray(betas), gamma)
+
+    def probe_inputs(self, n: int, n_candidates: Optional[int] = None, seed: int = 0) -> np.ndarray:
+        """n rows herded from the spec (n, d): inputs typical of its training data, to test a model with."""
+        return herd(self, n, seed=seed, n_candidates=n_candidates)
 
     def summary(self) -> dict:
         """{"type", "K", "dim", "gamma", "num_points"}: what `lw show --json` reports."""

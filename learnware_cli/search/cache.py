@@ -1,4 +1,9 @@
-"""The search cache: every searchable RKME of a market stacked into arrays, one file per dimension.
+"""The search cache: every searchable specification of a market stacked into arrays, one file per island.
+
+An island here is (specification kind, dimension): table RKMEs of width d
+(the kind "table", files ``stack-d{d}.npz`` as before), image RKMEs, text
+RKMEs of one embedder, ... (``stack-{kind}-d{d}.npz``). A version's kind is
+its record's ``spec_kind`` (records written before kinds existed are tables).
 
 It is derived from index.json and the stored rkme.json files, so it can always
 be deleted and rebuilt. Each file records the index generation it was built
@@ -6,9 +11,10 @@ from; a search that finds it stale rebuilds it, reusing the rows of versions
 it already holds (a learnware's stored version never changes), so an update
 after one submit parses one JSON file, not the whole market.
 
-File: MARKET/cache/stack-d{dim}.npz with
-    keys (M,) "ID@VERSION", zs (M, K_max, d) float32, betas (M, K_max) float32,
-    self_products (M,) float64 (computed from the float64 spec), generation, gamma.
+File: MARKET/cache/stack-d{dim}.npz (or stack-{kind}-d{dim}.npz) with
+    keys (M,) "ID@VERSION", zs (M, K_max, d) float32 (the spec's ``stack_arrays``),
+    betas (M, K_max) float32, self_products (M,) float64 (computed from the
+    float64 spec by its kind's ``make_stack``), generation, gamma.
 
 A market the user cannot write (a read-only share) is still searchable: the
 stack then goes to a per-user cache ($LW_SEARCH_CACHE, default
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,26 +65,44 @@ def version_key(learnware_id: str, version: int) -> str:
 _GROUPS: dict = {}
 
 
-def searchable_versions(index: dict, all_versions: bool = False) -> dict[int, list[tuple[str, dict, dict]]]:
-    """Group the table-data versions a search considers by input dimension: {dim: [(key, entry, record)]}.
+TABLE = "table"
 
+
+def spec_kind(record: dict) -> str:
+    """The island kind of a stored version's specification (records from before kinds: table)."""
+    kind = record.get("spec_kind")
+    return kind if isinstance(kind, str) and kind else TABLE
+
+
+def searchable_versions(index: dict, all_versions: bool = False, kind: str = TABLE) -> dict[int, list[tuple[str, dict, dict]]]:
+    """Group the versions of one specification kind a search considers by dimension: {dim: [(key, entry, record)]}.
+
+    Table specs count only for learnwares whose Data is Table (as before).
     Computed once per parsed index (the index object is shared while index.json is unchanged).
     """
     memo = _GROUPS.get(all_versions)
-    if memo is not None and memo[0] is index:
-        return memo[1]
-    groups: dict[int, list[tuple[str, dict, dict]]] = {}
+    if memo is None or memo[0] is not index:
+        memo = (index, _group(index, all_versions))
+        _GROUPS[all_versions] = memo
+    return memo[1].get(kind, {})
+
+
+def kinds(index: dict) -> list[str]:
+    """The specification kinds a market's latest versions use."""
+    searchable_versions(index)
+    return sorted(_GROUPS[False][1])
+
+
+def _group(index: dict, all_versions: bool) -> dict[str, dict[int, list]]:
+    groups: dict[str, dict[int, list]] = {}
     for entry in index["learnwares"].values():
         data_types = entry.get("semantic", {}).get("Data", {}).get("Values", ["Table"])
-        if "Table" not in data_types:
-            continue
         records = entry["versions"] if all_versions else entry["versions"][-1:]
         for record in records:
-            dim = record.get("input_dim")
-            if dim is None:
+            dim, kind = record.get("input_dim"), spec_kind(record)
+            if dim is None or (kind == TABLE and "Table" not in data_types):
                 continue
-            groups.setdefault(int(dim), []).append((version_key(entry["id"], record["version"]), entry, record))
-    _GROUPS[all_versions] = (index, groups)
+            groups.setdefault(kind, {}).setdefault(int(dim), []).append((version_key(entry["id"], record["version"]), entry, record))
     return groups
 
 
@@ -92,9 +117,10 @@ def user_cache_dir(market: Market) -> Path:
     return Path(base) / hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _locations(market: Market, dim: int) -> list[Path]:
+def _locations(market: Market, dim: int, kind: str = TABLE) -> list[Path]:
     """Where a stack may be stored, in order of preference: the market's cache/, then the user's."""
-    name = f"stack-d{dim}.npz"
+    label = "" if kind == TABLE else re.sub(r"[^A-Za-z0-9]+", "_", kind).strip("_")[:60] + "-" + hashlib.sha256(kind.encode()).hexdigest()[:8] + "-"
+    name = f"stack-{label}d{dim}.npz"
     return [market.root / CACHE_DIR / name, user_cache_dir(market) / name]
 
 
@@ -129,10 +155,10 @@ def _is_current(stack: CachedStack, generation: int, members: list) -> bool:
     )
 
 
-def _stored(market: Market, dim: int, generation: int, members: list) -> tuple[Optional[CachedStack], bool]:
+def _stored(market: Market, dim: int, generation: int, members: list, kind: str = TABLE) -> tuple[Optional[CachedStack], bool]:
     """(stack, is it current): the first current stored stack, else the newest one to reuse rows from."""
     newest = None
-    for path in _locations(market, dim):
+    for path in _locations(market, dim, kind):
         stack = _load(path)
         if stack is not None and _is_current(stack, generation, members):
             return stack, True
@@ -158,9 +184,9 @@ def _read(path: Path) -> Optional[CachedStack]:
         return None  # unreadable: rebuilt by the caller
 
 
-def _save(market: Market, dim: int, stack: CachedStack) -> None:
+def _save(market: Market, dim: int, stack: CachedStack, kind: str = TABLE) -> None:
     """Store the stack where it can be written (see the module docstring); if nowhere, it stays in memory."""
-    for path in _locations(market, dim):
+    for path in _locations(market, dim, kind):
         try:
             _write(path, stack)
             return
@@ -197,7 +223,7 @@ def build(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> CachedStack:
     """Stack the specs of members, reusing rows of previous where the key matches."""
-    from learnware_cli.rkme.spec import STACK_BLOCK, SpecStack
+    from learnware_cli.rkme.spec import STACK_BLOCK, RKMESpec, SpecStack
     from learnware_cli.specs import load_spec
 
     reuse = {}
@@ -226,8 +252,11 @@ def build(
             betas[position, :k_prev] = previous.betas[row, :k_prev]
             selfs[position] = previous.self_products[row]
     if fresh:
-        fresh_stack = SpecStack.from_specs([s for _, s in fresh], dtype="float64")
-        fresh_selfs = fresh_stack.self_products[: len(fresh)]
+        specs = [s for _, s in fresh]
+        if isinstance(specs[0], RKMESpec):
+            fresh_selfs = SpecStack.from_specs(specs, dtype="float64").self_products[: len(fresh)]
+        else:  # another kind stacks its own way (its kernel is not the table's)
+            fresh_selfs = _kind_self_products(fresh_arrays, k_max, dim, type(specs[0]), market.gamma)
         for (position, _), arrays, own in zip(fresh, fresh_arrays, fresh_selfs):
             zs[position, : len(arrays.beta)] = arrays.z
             betas[position, : len(arrays.beta)] = arrays.beta
@@ -236,32 +265,43 @@ def build(
     return CachedStack(keys=keys, zs=zs, betas=betas, self_products=selfs, generation=generation, gamma=market.gamma)
 
 
+def _kind_self_products(arrays: list, k_max: int, dim: int, cls, gamma: float) -> np.ndarray:
+    """<S, S> of specs of a non-table kind, through the kind's own stack (``make_stack``)."""
+    zs = np.zeros((len(arrays), k_max, dim))
+    betas = np.zeros((len(arrays), k_max))
+    for i, a in enumerate(arrays):
+        zs[i, : len(a.beta)] = np.asarray(a.z, dtype=np.float64).reshape(len(a.beta), dim)
+        betas[i, : len(a.beta)] = a.beta
+    return np.asarray(cls.make_stack(zs, betas, gamma=gamma).self_products, dtype=np.float64)[: len(arrays)]
+
+
 def current(
-    market: Market, index: dict, dim: int, all_versions: bool = False, progress: Optional[Callable[[int, int], None]] = None
+    market: Market, index: dict, dim: int, all_versions: bool = False, progress: Optional[Callable[[int, int], None]] = None, kind: str = TABLE
 ) -> tuple[Optional[CachedStack], list[tuple[str, dict, dict]]]:
-    """The up-to-date stack for dim (rebuilt if stale) and its members, in stack order."""
-    members = searchable_versions(index, all_versions).get(dim, [])
+    """The up-to-date stack of one island (kind, dim) (rebuilt if stale) and its members, in stack order."""
+    members = searchable_versions(index, all_versions, kind).get(dim, [])
     if not members:
         return None, []
     generation = int(index.get("generation", 0))
-    cached, is_current = _stored(market, dim, generation, members)
+    cached, is_current = _stored(market, dim, generation, members, kind)
     if is_current:
         return cached, members
     stack = build(market, dim, members, generation, previous=cached, progress=progress)
     if not all_versions:  # the all-versions view is rare and stays in memory
-        _save(market, dim, stack)
+        _save(market, dim, stack, kind)
     return stack, members
 
 
-def rebuild_all(market: Market, progress: Optional[Callable[[int, int], None]] = None) -> dict[int, int]:
-    """`lw reindex`: drop every cache file and rebuild from the index -> {dim: count}."""
+def rebuild_all(market: Market, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, int]:
+    """`lw reindex`: drop every cache file and rebuild from the index -> {"dim" or "kind/dim": count}."""
     folder = market.root / CACHE_DIR
     if folder.exists():
         for path in folder.glob("*.npz"):
             path.unlink()
     index = market.read_index()
     counts = {}
-    for dim, members in searchable_versions(index).items():
-        _save(market, dim, build(market, dim, members, int(index.get("generation", 0)), progress=progress))
-        counts[dim] = len(members)
+    for kind in kinds(index):
+        for dim, members in searchable_versions(index, kind=kind).items():
+            _save(market, dim, build(market, dim, members, int(index.get("generation", 0)), progress=progress), kind)
+            counts[str(dim) if kind == TABLE else f"{kind}/{dim}"] = len(members)
     return counts

@@ -103,6 +103,11 @@ def search(
         result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
         return result
     allowed = {e["id"] for e, _ in ranked} if filtered else None
+    island = user_spec.island_key()
+    if island.kind != TABLE_KIND:  # images, texts: their own islands, their own kernels
+        if match == "features":
+            raise InputError(f"--match features compares table columns; yours is a {user_spec.type_name}")
+        return _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result)
     if match != "island":
         user_features = _user_features(index, user_spec, user_semantic)
         if any(f is not None for f in user_features):
@@ -112,9 +117,6 @@ def search(
         if match == "features":
             raise InputError("none of your columns is a market feature: describe them (a CSV header, --columns) as the learnwares do (`lw features`)")
 
-    island = user_spec.island_key()
-    if island.kind != TABLE_KIND:  # the cache stacks table RKMEs only (one stack per input dimension)
-        raise SpecError(f"search compares table specifications only; yours is a {user_spec.type_name}")
     if not same_island(island, IslandKey(TABLE_KIND, island.dim, market.gamma)):
         raise SpecError(
             f"your specification uses gamma {island.gamma:g} but this market uses {market.gamma:g}; "
@@ -172,6 +174,48 @@ def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versio
             stack.zs, stack.betas, stack.gamma, self_products=stack.self_products, count=stack.count
         )
     return _DEVICE_STACKS[key]
+
+
+def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result) -> SearchResult:
+    """Single ranking within the island of a non-table specification (image, text of one embedder).
+
+    The kind's own stack (``make_stack``) and kernel (``mmd2_to_stack``); the
+    top k re-scored with ``mmd2`` on the stored specs. No mixture: its QP needs
+    the kind's Gram products, which the interface does not offer yet.
+    """
+    island = user_spec.island_key()
+    if island.gamma > 0 and not same_island(island, IslandKey(island.kind, island.dim, market.gamma)):
+        raise SpecError(
+            f"your specification uses gamma {island.gamma:g} but this market uses {market.gamma:g}; "
+            f"fit it with `lw spec DATA --market {market.root}`"
+        )
+    result.mode = "statistical"
+    result.user = {"kind": island.kind, "type": user_spec.type_name, "dim": island.dim, "K": len(user_spec.stack_arrays().beta)}
+    stack, members = cache.current(market, index, island.dim, all_versions=all_versions, progress=progress, kind=island.kind)
+    if stack is None:
+        return result
+    rows = np.array([i for i, (_, entry, _) in enumerate(members) if allowed is None or entry["id"] in allowed], dtype=int)
+    result.considered = int(rows.size)
+    if rows.size == 0:
+        return result
+    cls = type(user_spec)
+    key = (str(market.root.resolve()), island.kind, island.dim, stack.generation, all_versions, stack.count)
+    if key not in _DEVICE_STACKS:
+        _DEVICE_STACKS.clear()
+        _DEVICE_STACKS[key] = cls.make_stack(stack.zs[: stack.count], stack.betas[: stack.count], gamma=stack.gamma)
+    distances = np.asarray(user_spec.mmd2_to_stack(_DEVICE_STACKS[key]), dtype=np.float64)[: stack.count][rows]
+    order = rows[np.argsort(distances, kind="stable")]
+    own_arrays = user_spec.stack_arrays()
+    own_z = np.asarray(own_arrays.z, dtype=np.float64).reshape(len(own_arrays.beta), -1)
+    own = float(cls.make_stack(own_z[None], np.asarray(own_arrays.beta, dtype=np.float64)[None], gamma=island.gamma).self_products[0])
+    from learnware_cli.search.statistical import similarity
+
+    for row in order[:k]:
+        _, entry, record = members[row]
+        exact = max(float(user_spec.mmd2(_stored_spec(market, entry["id"], record["version"]))), 0.0)
+        score = float(similarity(exact, own, float(stack.self_products[row])))
+        result.single.append({**_describe(entry, record), "mmd2": exact, "score": round(score, 4)})
+    return result
 
 
 def _user_features(index: dict, user_spec, user_semantic: Optional[dict]) -> list:

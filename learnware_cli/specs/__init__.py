@@ -6,7 +6,7 @@ spec files; ``table`` registers the table RKME (``RKMESpec``). Importing this
 package does not import JAX.
 """
 
-from learnware_cli.specs.base import IslandKey, Specification, StackArrays, read_json, same_island
+from learnware_cli.specs.base import IslandKey, Specification, StackArrays, data_type_of, read_json, same_island
 from learnware_cli.specs.registry import DEFAULT_TYPE, known_types, load_spec, register, spec_class
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "IslandKey",
     "Specification",
     "StackArrays",
+    "data_type_of",
     "known_types",
     "load_spec",
     "read_json",

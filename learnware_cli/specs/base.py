@@ -25,6 +25,16 @@ The contract (``Specification``), for a class ``S`` and an instance ``s``:
 - ``s.mmd2(other)`` -> float: MMD^2 to another specification of its island;
   ``s.mmd2_to_stack(stack)`` -> float64 (M,): MMD^2 to every specification
   of a stack, in one batched call.
+- ``S.data_type``: the semantic ``Data`` value its learnwares have ("Table",
+  "Image", "Text"; ``data_type_of`` reads it, or derives it from the kind).
+- ``S.make_stack(zs, betas, gamma)``: the object ``mmd2_to_stack`` takes, built from
+  stacked ``stack_arrays`` (zs (M, K, D), betas (M, K), zero-padded), with
+  ``self_products`` (M,) float64 (the table's is ``rkme.spec.SpecStack``;
+  kinds without a gamma ignore it).
+- ``s.probe_inputs(n, **limits)``: model inputs drawn from the specification
+  for the market to test a model with (table rows, images); a kind whose
+  inputs cannot be drawn from its specification (text) raises
+  NotImplementedError and the market uses its own probes.
 - ``s.summary()`` -> dict (what ``lw show --json`` prints under ``"rkme"``,
   its ``"type"`` being ``type_name``) and ``s.describe()`` -> str (the one
   line ``lw show`` prints).
@@ -90,6 +100,18 @@ class Specification(Protocol):
     def summary(self) -> dict: ...
 
     def describe(self) -> str: ...
+
+
+DATA_TYPES = {"table": "Table", "image": "Image", "text": "Text"}  # island kind (before any ":") -> semantic Data
+
+
+def data_type_of(spec) -> str:
+    """The semantic Data value a specification describes ("Table", "Image", "Text"): its class's
+    ``data_type`` when it has one, else read from its island kind."""
+    declared = getattr(spec, "data_type", None)
+    if isinstance(declared, str):
+        return declared
+    return DATA_TYPES.get(spec.island_key().kind.split(":", 1)[0], "Table")
 
 
 def read_json(path) -> Any:
