@@ -182,6 +182,25 @@ def read_vector(path) -> np.ndarray:
     return arr[:, 0] if arr.shape[1] == 1 else arr
 
 
+def as_inputs(X) -> np.ndarray:
+    """Model inputs of any data type -> ndarray with one item per row: a 2-D table (n, d), images
+    (n, C, H, W) or texts (a sequence of str -> str array (n,)). Values pass through untouched."""
+    if X is None:
+        raise InputError("no data given")
+    if isinstance(X, (list, tuple)) and X and all(isinstance(item, str) for item in X):
+        return np.array(X, dtype=str)
+    X = np.asarray(X)
+    if X.dtype.kind == "U":
+        if X.ndim != 1 or X.shape[0] == 0:
+            raise InputError(f"texts must be a non-empty list of strings, got shape {X.shape}")
+        return X
+    if X.ndim < 2:
+        return as_matrix(X)  # its message
+    if X.shape[0] == 0 or any(size == 0 for size in X.shape[1:]):
+        raise InputError(f"data is empty (shape {X.shape})")
+    return X
+
+
 def as_matrix(X, numeric: bool = False) -> np.ndarray:
     """Check that X is a non-empty 2-D table -> ndarray (n, d); float64 when numeric.
 

@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from learnware_cli.data_io import as_matrix  # noqa: F401  (re-exported: the reusers import it from here)
+from learnware_cli.data_io import as_inputs, as_matrix  # noqa: F401  (re-exported: the reusers import them from here)
 from learnware_cli.errors import EXIT_USAGE, InputError, LwError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; importing rkme would load JAX
@@ -236,9 +236,13 @@ class BaseReuser(BaseEstimator):
         self._proba_width: dict[int, Optional[int]] = {}  # i -> width, or None: label-only
 
     def _begin_labeled(self, X, y, numeric: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``_begin`` for reusers that learn from labels: -> X (n, d), y checked for the task."""
+        """``_begin`` for reusers that learn from labels: -> X, y checked for the task.
+
+        numeric: X is a float table (n, d) the reuser computes with; else any
+        model inputs (tables, images, texts) that only the models read.
+        """
         self._begin()
-        X = as_matrix(X, numeric=numeric)
+        X = as_matrix(X, numeric=True) if numeric else as_inputs(X)
         return X, check_targets(self.task_, X, y)
 
     def _check_fitted(self) -> None:

@@ -13,7 +13,7 @@ from learnware_cli.reuse.base import (
     ModelOutput,
     Progress,
     ReusableLearnware,
-    as_matrix,
+    as_inputs,
 )
 from learnware_cli.reuse.combine import average_outputs, prediction_loss
 
@@ -73,7 +73,7 @@ class EnsemblePruningReuser(BaseReuser):
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> the selected subset's averaged prediction (n,) / (n, t)."""
         self._check_fitted()
-        X = as_matrix(X)
+        X = as_inputs(X)  # tables, images or texts: the models take them as they are
         outputs: dict[int, ModelOutput] = {}
         while True:
             missing = [i for i in self._used if i not in outputs]

@@ -11,7 +11,7 @@ from learnware_cli.reuse.base import (
     BaseReuser,
     Progress,
     ReusableLearnware,
-    as_matrix,
+    as_inputs,
     squeeze_outputs,
 )
 from learnware_cli.reuse.combine import average_outputs
@@ -51,7 +51,7 @@ class SingleReuser(BaseReuser):
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t) of the first learnware that works."""
         self._check_fitted()
-        X = as_matrix(X)
+        X = as_inputs(X)  # tables, images or texts: the models take them as they are
         for i in self._alive():
             outputs = self._collect(X, [i], want_proba=False)
             if i in outputs:
@@ -101,7 +101,7 @@ class AveragingReuser(BaseReuser):
     def predict(self, X) -> np.ndarray:
         """X (n, d) -> labels (n,) or outputs (n,) / (n, t)."""
         self._check_fitted()
-        X = as_matrix(X)
+        X = as_inputs(X)  # tables, images or texts: the models take them as they are
         outputs = self._collect(X, self._alive(self._used), want_proba=True)
         if not outputs:
             raise self._nothing_left("average")
