@@ -34,6 +34,8 @@ def reuse(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions here (.csv, one row per input row, or .npy)."),
     evaluate: Optional[Path] = typer.Option(None, "--evaluate", help="True labels/targets of --data: report accuracy or MSE."),
     columns: Optional[str] = typer.Option(None, "--columns", help="What your columns are, comma-separated, in order (default: the CSV header of --data): learnwares read them by market feature."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="table, image or text: what --data holds (default: from the file, as `lw spec`)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Texts in this CSV column of --data (and of --labeled X)."),
     timeout: Optional[float] = timeout_option("Seconds per model call (default: the market's model limit)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -51,30 +53,32 @@ def reuse(
 
     Example: lw reuse --market ./market --from found.json -k 3 --data my_rows.csv --out pred.csv
     """
-    from learnware_cli.data_io import read_matrix, read_vector
+    from learnware_cli.data_io import read_vector
     from learnware_cli.errors import InputError
     from learnware_cli.reuse import get_method, needs_labels, uses_labels
+    from learnware_cli.specs.data import infer_kind, read_data
 
     output = Output(json_output)
     _check_flags(from_search, use, top, out)
     opened = open_market(market)
     refs = _refs(learnware, from_search, use, top)
-    method = method or default_method(len(refs), labeled is not None)
+    method = method or default_method(len(refs), labeled is not None, infer_kind(data, kind, text_column))
     reuser_class = get_method(method)
     if needs_labels(method) and labeled is None:
         raise InputError(f"--method {method} learns from your labels: add --labeled X.csv y.csv")
     if out is None and evaluate is None:
         raise InputError("nothing to do: give --out PRED.csv to save the predictions and/or --evaluate y.csv to score them")
     # missing / infinite cells get their column's mean, as in the RKME the search matched
-    read = read_matrix(data, fill=True)
+    kind = infer_kind(data, kind, text_column)
+    read = read_data(data, kind, text_column)
     rows = read.values
     train = None
     if labeled is not None:
-        read_lab, y_lab = read_matrix(labeled[0], fill=True), read_vector(labeled[1])
+        read_lab, y_lab = read_data(labeled[0], kind, text_column), read_vector(labeled[1])
         if len(read_lab.values) != len(y_lab):
             raise InputError(f"--labeled: {labeled[0]} has {len(read_lab.values)} rows but {labeled[1]} has {len(y_lab)}")
-        if read_lab.values.shape[1] != rows.shape[1]:
-            raise InputError(f"--labeled: {labeled[0]} has {read_lab.values.shape[1]} columns but {data} has {rows.shape[1]}")
+        if kind != "text" and read_lab.values.shape[1:] != rows.shape[1:]:
+            raise InputError(f"--labeled: {labeled[0]} has items of shape {read_lab.values.shape[1:]} but {data} has {rows.shape[1:]}")
         train = (read_lab.values, y_lab)
     y_true = read_vector(evaluate) if evaluate is not None else None
     if y_true is not None and len(y_true) != len(rows):
@@ -83,11 +87,11 @@ def reuse(
         output.note(f"note: --method {method} does not use --labeled")
         train = None
 
-    user_columns = _user_columns(output, opened, read, columns)
+    user_columns = _user_columns(output, opened, read, columns) if kind == "table" else None
     with contextlib.ExitStack() as stack:
-        loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1], user_columns)
+        loaded = _start_models(stack, output, opened, refs, timeout, rows.shape[1] if kind == "table" else None, user_columns)
         reuser = reuser_class(learnwares=list(loaded))
-        if method in ("job-selector", "auto") and from_search is None and len(loaded) > 1:
+        if method in ("job-selector", "auto") and from_search is None and len(loaded) > 1 and kind == "table":
             reuser.user_spec = user_columns.user_spec() if user_columns is not None else _user_spec(output, opened, rows)
         predictions = _fit_predict(output, reuser, rows, train)
         versions = {d["id"]: d["version"] for d in loaded.described}
@@ -175,11 +179,14 @@ def _auto_summary(reuser) -> Optional[dict]:
     }
 
 
-def default_method(n_learnwares: int, has_labels: bool) -> str:
-    """Labels: the method that does best on them (auto); else route rows among several, or use the one."""
+def default_method(n_learnwares: int, has_labels: bool, kind: str = "table") -> str:
+    """Labels: the method that does best on them (auto); else route rows among several (tables;
+    images and texts: average them), or use the one."""
     if has_labels:
         return "auto"
-    return "job-selector" if n_learnwares > 1 else "single"
+    if n_learnwares == 1:
+        return "single"
+    return "job-selector" if kind == "table" else "average"
 
 
 def _refs(learnware: List[str], from_search: Optional[Path], use: Optional[str], top: Optional[int]) -> list:

@@ -18,13 +18,15 @@ ERROR_SAMPLE_ROWS = 10_000
 
 
 def spec(
-    data: Path = typer.Argument(..., help="Rows to summarise: .csv (header optional), .npy or .npz."),
+    data: Path = typer.Argument(..., help="Data to summarise: rows (.csv, header optional, .npy, .npz), images (.npy/.npz arrays, a folder of PNG/JPEG) or texts (.txt one per line, .jsonl, a CSV column)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the specification JSON."),
     market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K from this market (recommended; default $LW_MARKET if set)."),
     gamma: Optional[float] = gamma_option("Kernel width (default: the market's, else 0.1)."),
     k: Optional[int] = k_option(None, "Reduced-set size (default: the market's, else 100); at most the number of rows.", "-K"),
     steps: int = typer.Option(3, "--steps", min=0, help="Alternating refinement rounds after k-means."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same spec)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="table, image or text (default: from the file: a folder, image files or 3-D+ arrays are images; .txt/.jsonl texts; else a table)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Texts in this CSV column (name or index)."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Fit the RKME specification of a data file (the data never leaves this machine).
@@ -52,6 +54,12 @@ def spec(
     if k is None:
         k, k_from = DEFAULT_K, "the default K"
 
+    from learnware_cli.specs.data import fit_spec, infer_kind, read_data
+
+    kind = infer_kind(data, kind, text_column)
+    if kind != "table":
+        _spec_of_kind(output, read_data(data, kind, text_column), out, k, gamma, seed, steps if steps != 3 else None)
+        return
     table = read_matrix(data, fill=True)
     x = table.values
     if k > len(x):
@@ -89,6 +97,23 @@ def spec(
             + f" ({elapsed:.2f} s)",
             highlight=False,
         ),
+    )
+
+
+def _spec_of_kind(output: Output, loaded, out: Path, k: int, gamma: float, seed: int, steps) -> None:
+    """`lw spec` for images and texts: the kind's own fit; K is capped at the number of items."""
+    from learnware_cli.data_io import write_text_atomic
+    from learnware_cli.specs.data import fit_spec
+
+    started = time.perf_counter()
+    with output.progress(f"fitting the {loaded.kind} specification of {loaded.describe()}", total=None):
+        fitted = fit_spec(loaded, k=k, gamma=gamma, seed=seed, steps=steps)
+    elapsed = time.perf_counter() - started
+    write_text_atomic(out, json.dumps(fitted.to_json_dict(), separators=(",", ":")))
+    summary = fitted.summary()
+    output.emit(
+        {"ok": True, "out": str(out), "kind": loaded.kind, "rows": loaded.rows, **{key: value for key, value in summary.items() if key != "type"}, "type": fitted.type_name, "seconds": round(elapsed, 4)},
+        lambda c: c.print(f"Wrote {safe(out)}: {fitted.describe()}, from {loaded.describe()} ({elapsed:.2f} s)", highlight=False),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,7 +51,9 @@ def pack(
     model: Path = typer.Option(..., "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
     out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="The model's RKME (from `lw spec`)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Training rows: fit the RKME now (instead of --spec)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training data (rows, images or texts, as `lw spec` reads them): fit the specification now (instead of --spec)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="With --data: table, image or text (default: from --data-type, else from the file)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="With --data: texts in this CSV column."),
     market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K for --data from this market (default $LW_MARKET if set)."),
     semantic: Optional[Path] = typer.Option(None, "--semantic", help="Semantic specification JSON (instead of the flags below)."),
     name: Optional[str] = typer.Option(None, "--name", help="Learnware name."),
@@ -72,7 +76,8 @@ def pack(
     from learnware_cli.errors import InputError
     from learnware_cli.market.pack import pack_sklearn
     from learnware_cli.market.semantic import build_semantic
-    from learnware_cli.rkme.spec import RKMESpec
+    from learnware_cli.specs import load_spec
+    from learnware_cli.specs.data import DATA_TYPE, KIND_OF_DATA_TYPE, infer_kind
 
     from learnware_cli.data_io import check_output_path
 
@@ -87,8 +92,27 @@ def pack(
     check_output_path(out)  # before the RKME fit and the packing
     import tempfile
 
+    if data is not None:
+        kind = infer_kind(data, kind or (KIND_OF_DATA_TYPE.get(data_type) if data_type != "Table" else None), text_column)
+        if data_type == "Table" and kind != "table":
+            data_type = DATA_TYPE[kind]  # the data says what the model takes
+    sample = None  # a few inputs of an image or text model, to try it on
     with tempfile.TemporaryDirectory(prefix="lw-pack-") as tmp:
-        if data is not None:
+        if data is not None and kind != "table":
+            from learnware_cli.specs.data import fit_spec, read_data
+            from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
+
+            gamma, k = DEFAULT_GAMMA, DEFAULT_K
+            if market is not None:
+                opened = open_market(market)
+                gamma, k = opened.gamma, opened.k
+            loaded_data = read_data(data, kind, text_column)
+            with output.progress(f"fitting the {kind} specification", total=None):
+                fitted = fit_spec(loaded_data, k=k, gamma=gamma)
+            sample = loaded_data.values[:2]
+            spec = Path(tmp) / "rkme.json"
+            spec.write_text(json.dumps(fitted.to_json_dict(), separators=(",", ":")))
+        elif data is not None:
             from learnware_cli.data_io import read_matrix
             from learnware_cli.rkme import fit_rkme
             from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
@@ -111,8 +135,16 @@ def pack(
                 fitted = fit_rkme(rows, k=k, gamma=gamma, on_stage=lambda s, d, t: update(d, t, s))
             spec = Path(tmp) / "rkme.json"
             fitted.save(spec)
-        loaded = RKMESpec.load(spec)
-        _check_feature_ids(feature_ids, loaded.dim)
+        loaded = load_spec(spec)
+        table_model = data_type == "Table"
+        if table_model:
+            _check_feature_ids(feature_ids, loaded.dim)
+        elif feature_ids:
+            raise InputError("--feature-ids names table columns; this is a(n) {data_type} model")
+        if sample is None and not table_model:
+            from learnware_cli.market.checks import probe_inputs
+
+            sample = probe_inputs(loaded, 2, 0)  # images herded from its spec, or the market's probe texts
         if semantic is not None:
             semantic_doc = _read_semantic(semantic)
         else:
@@ -121,7 +153,7 @@ def pack(
             if output_dim is None:
                 from learnware_cli.market.pack import infer_output_dim
 
-                output_dim = infer_output_dim(model, loaded, task)
+                output_dim = infer_output_dim(model, loaded, task, sample)
             semantic_doc = _semantic_from_flags(build_semantic, 
                 name=name,
                 description=description,
@@ -130,16 +162,18 @@ def pack(
                 library=library,
                 scenarios=scenario or ["Others"],
                 license=license,
-                input_dim=loaded.dim,
+                input_dim=loaded.dim if table_model else None,
                 output_dim=output_dim,
                 input_desc=input_desc or None,
                 input_features=feature_ids or None,
             )
-        written = pack_sklearn(model, spec, semantic_doc, out, requirements=requirements)
+        written = pack_sklearn(model, spec, semantic_doc, out, requirements=requirements, sample=sample)
     size = written.stat().st_size
+    island = loaded.island_key()
+    k_points = len(loaded.stack_arrays().beta)
     output.emit(
-        {"ok": True, "out": str(written), "bytes": size, "input_dim": loaded.dim, "K": loaded.size},
-        lambda c: c.print(f"Wrote {safe(written)} ({size / 1024:.1f} KiB): input dimension {loaded.dim}, RKME K={loaded.size}", highlight=False),
+        {"ok": True, "out": str(written), "bytes": size, "input_dim": island.dim, "K": k_points, "type": loaded.type_name},
+        lambda c: c.print(f"Wrote {safe(written)} ({size / 1024:.1f} KiB): {loaded.describe()}", highlight=False),
     )
 
 

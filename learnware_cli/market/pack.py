@@ -69,14 +69,27 @@ def _output_width(estimator, sample: np.ndarray) -> int:
     return 1 if out.ndim == 1 else int(np.prod(out.shape[1:]))
 
 
-def _describe_estimator(estimator, spec, semantic: dict) -> tuple[int, int, dict]:
-    """(input_dim, output_shape width, semantic with Output filled/checked) for the estimator."""
+def _describe_estimator(estimator, spec, semantic: dict, sample=None) -> tuple[tuple, int, dict]:
+    """(input_shape, output_shape width, semantic with Output filled/checked) for the estimator.
+
+    Tables: input_shape (d,), checked against n_features_in_ and the spec;
+    images: the sample images' (C, H, W); texts: (1,) (the model takes a list
+    of str). sample: a few inputs the estimator can predict on (default: two
+    of the table spec's points).
+    """
     if not hasattr(estimator, "predict"):
         raise InputError(f"{type(estimator).__name__} has no predict method; is it a fitted estimator?")
-    n_in = _input_width(estimator, spec)
-    declared_in = semantic.get("Input", {}).get("Dimension")
-    if declared_in is not None and declared_in != n_in:
-        raise InputError(f"semantic Input.Dimension is {declared_in} but the model takes {n_in} features")
+    data_type = semantic["Data"]["Values"][0]
+    if data_type == "Table":
+        input_shape = (_input_width(estimator, spec),)
+        sample = np.asarray(spec.z[:2], dtype=np.float64) if sample is None else sample
+        declared_in = semantic.get("Input", {}).get("Dimension")
+        if declared_in is not None and declared_in != input_shape[0]:
+            raise InputError(f"semantic Input.Dimension is {declared_in} but the model takes {input_shape[0]} features")
+    elif sample is None:
+        raise InputError(f"packing a {data_type} model needs a few of its inputs to try it on (pack it with --data)")
+    else:
+        input_shape = tuple(int(s) for s in np.asarray(sample).shape[1:]) if data_type == "Image" else (1,)
     task = semantic["Task"]["Values"][0]
     classes = getattr(estimator, "classes_", None)
     if task == "Classification":
@@ -86,12 +99,12 @@ def _describe_estimator(estimator, spec, semantic: dict) -> tuple[int, int, dict
         _check_output_dim(semantic, n_classes, "classes")
         out_desc = semantic["Output"].get("Description") or {str(i): str(c) for i, c in enumerate(classes)}
         semantic["Output"] = {"Dimension": n_classes, "Description": out_desc}
-        return n_in, 1, semantic
+        return input_shape, 1, semantic
     if task == "Regression":
-        width = _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64))
+        width = _output_width(estimator, sample)
         _check_output_dim(semantic, width, "output columns")
-        return n_in, width, semantic
-    return n_in, _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64)), semantic
+        return input_shape, width, semantic
+    return input_shape, _output_width(estimator, sample), semantic
 
 
 def _input_width(estimator, spec) -> int:
@@ -104,14 +117,19 @@ def _input_width(estimator, spec) -> int:
     return int(n_in)
 
 
-def infer_output_dim(model_path, spec, task: str) -> int:
-    """Output.Dimension for a model: its number of classes (Classification) or output columns."""
+def infer_output_dim(model_path, spec, task: str, sample=None) -> int:
+    """Output.Dimension for a model: its number of classes (Classification) or output columns.
+
+    sample: a few inputs to run it on (default: two of a table spec's points).
+    """
     estimator = _load_estimator(Path(model_path))
-    _input_width(estimator, spec)
+    if sample is None:
+        _input_width(estimator, spec)
+        sample = np.asarray(spec.z[:2], dtype=np.float64)
     classes = getattr(estimator, "classes_", None)
     if task.lower() == "classification" and classes is not None:
         return len(classes)
-    return _output_width(estimator, np.asarray(spec.z[:2], dtype=np.float64))
+    return _output_width(estimator, sample)
 
 
 def _check_output_dim(semantic: dict, actual: int, what: str) -> None:
@@ -146,6 +164,7 @@ def pack_sklearn(
     semantic: dict,
     out_zip,
     requirements: Union[None, str, os.PathLike, Sequence[str]] = None,
+    sample=None,
 ) -> Path:
     """Write a learnware zip for a fitted scikit-learn estimator saved with joblib.
 
@@ -154,23 +173,26 @@ def pack_sklearn(
     is the number of classes, filled with class names when not described).
     Input.Features (explicit market feature ids, build_semantic's
     input_features) is validated and written with the rest.
-    The model is declared with input_shape (d,) and output_shape (1,) for a
-    classifier (it predicts class indices) or (columns,) for a regressor.
+    The model is declared with input_shape (d,) for tables, (C, H, W) for
+    images, (1,) for texts, and output_shape (1,) for a classifier (it
+    predicts class indices) or (columns,) for a regressor. The spec may be of
+    any kind (its type goes into learnware.yaml); image and text models need
+    ``sample``, a few of their inputs, to be tried on.
     Returns the path of the zip, written atomically.
     """
     from learnware_cli.market.semantic import validate_semantic
-    from learnware_cli.rkme import RKMESpec
+    from learnware_cli.specs import load_spec
 
     model_path, out_zip = Path(model_path), Path(out_zip)
-    spec = RKMESpec.load(spec_path)
+    spec = load_spec(spec_path)
     semantic = validate_semantic(semantic)
-    if "Input" not in semantic:
+    if "Input" not in semantic and semantic["Data"]["Values"][0] == "Table":
         semantic["Input"] = {"Dimension": spec.dim, "Description": {}}
     estimator = _load_estimator(model_path)
-    input_dim, output_dim, semantic = _describe_estimator(estimator, spec, semantic)
+    input_shape, output_dim, semantic = _describe_estimator(estimator, spec, semantic, sample)
     semantic = validate_semantic(semantic)
     templates = template_dir()
-    values = {"input_dim": input_dim, "output_dim": output_dim, **_versions()}
+    values = {"input_shape": ", ".join(str(s) for s in input_shape), "output_dim": output_dim, "spec_type": spec.type_name, **_versions()}
     members = {
         "learnware.yaml": string.Template((templates / "learnware.yaml").read_text()).substitute(values).encode(),
         "__init__.py": (templates / "__init__.py").read_bytes(),

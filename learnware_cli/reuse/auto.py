@@ -40,29 +40,39 @@ CANDIDATES: dict[str, type[BaseReuser]] = {
 }
 MIN_LABELED_ROWS = 10
 SEVERAL = ("average", "job-selector", "ensemble-pruning")  # the same as single with one learnware
+TABLE_ONLY = ("job-selector", "feature-augment", "user-ensemble")  # compute on the rows' columns
 
 
 class RowIndex:
-    """Position of each distinct row of X (n, d), found by its exact float64 bytes."""
+    """Position of each distinct item of X: a table row, an image (exact float64 bytes) or a text."""
 
-    def __init__(self, X: np.ndarray):
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        self._dim = X.shape[1]
-        self._index: dict[bytes, int] = {}
-        for i, row in enumerate(X):
-            self._index.setdefault(row.tobytes(), i)  # identical rows have identical answers
+    def __init__(self, X):
+        X = self._items(X)
+        self._shape = X.shape[1:]
+        self._index: dict = {}
+        for i, item in enumerate(X):
+            self._index.setdefault(self._key(item), i)  # identical items have identical answers
+
+    @staticmethod
+    def _items(X) -> np.ndarray:
+        X = np.asarray(X)
+        return X if X.dtype.kind == "U" else np.ascontiguousarray(X, dtype=np.float64)
+
+    @staticmethod
+    def _key(item):
+        return str(item) if isinstance(item, str) or getattr(item, "dtype", None) is not None and item.dtype.kind == "U" else item.tobytes()
 
     def find(self, X) -> Optional[np.ndarray]:
-        """Positions (b,) of the rows of X (b, d), or None unless every row is known."""
+        """Positions (b,) of the items of X, or None unless every item is known."""
         try:
-            X = np.ascontiguousarray(X, dtype=np.float64)
+            X = self._items(X)
         except (TypeError, ValueError):
             return None
-        if X.ndim != 2 or X.shape[1] != self._dim:
+        if X.ndim < 1 or X.shape[1:] != self._shape:
             return None
         positions = np.empty(len(X), dtype=np.intp)
-        for j, row in enumerate(X):
-            position = self._index.get(row.tobytes())
+        for j, item in enumerate(X):
+            position = self._index.get(self._key(item))
             if position is None:
                 return None
             positions[j] = position
@@ -175,13 +185,13 @@ class AutoReuser(BaseReuser):
         elif X is None:
             raise InputError("labels (y) were given without their rows (X)")
         else:
-            X, y = self._begin_labeled(X, y)
+            X, y = self._begin_labeled(X, y, numeric=False)  # images and texts too; table methods check below
         self.metric_ = "accuracy" if self.is_classification else "mse"
         self.n_labeled_ = 0 if X is None else len(X)
         self.cv_scores_: dict[str, float] = {}
         self.skipped_: dict[str, str] = {}
         self.n_folds_ = 0
-        candidates = self._applicable(methods, [self._lws[i] for i in self._alive()])
+        candidates = self._applicable(methods, [self._lws[i] for i in self._alive()], X)
         folds = min(int(self.cv), self.n_labeled_ // 2)
         if self.n_labeled_ < max(int(self.min_labeled_rows), 4) or folds < 2:
             self._fall_back(candidates, X, y)
@@ -211,12 +221,15 @@ class AutoReuser(BaseReuser):
             raise InputError(f"methods must be among {', '.join(CANDIDATES)}, got {names!r}")
         return [m for m in CANDIDATES if m in names]
 
-    def _applicable(self, methods: list[str], learnwares: list[ReusableLearnware]) -> list[str]:
-        """The methods that make sense for these learnwares (the others go to ``skipped_``)."""
+    def _applicable(self, methods: list[str], learnwares: list[ReusableLearnware], X=None) -> list[str]:
+        """The methods that make sense for these learnwares and rows (the others go to ``skipped_``)."""
         with_spec = sum(lw.spec is not None for lw in learnwares)
+        tabular = X is None or (np.ndim(X) == 2 and np.asarray(X).dtype.kind in "biuf")
         out = []
         for m in methods:
-            if m in SEVERAL and len(learnwares) < 2:
+            if m in TABLE_ONLY and not tabular:
+                self.skipped_[m] = "works on table rows (it learns from or herds columns); these are images or texts"
+            elif m in SEVERAL and len(learnwares) < 2:
                 self.skipped_[m] = "needs two or more learnwares"
             elif m == "job-selector" and with_spec < 2:
                 self.skipped_[m] = "needs two or more learnwares with specifications"

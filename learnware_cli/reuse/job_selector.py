@@ -206,6 +206,9 @@ class JobSelectorReuser(BaseReuser):
         for i in self._alive():
             if self._lws[i].spec is None:
                 self._fail(i, InputError("no RKME specification to route by"))
+            elif getattr(self._lws[i].spec, "data_type", "Table") != "Table":
+                # routing herds rows in the models' input space: a text spec's points are embeddings, not texts
+                self._fail(i, InputError(f"the job selector routes table rows; this is a {self._lws[i].spec.type_name}"))
             else:
                 routes.append(i)
         if not routes:

@@ -288,10 +288,10 @@ def _start(plan: _Planned, scratch: Path, settings: dict, user_spec=None) -> tup
     """Verify and extract the package, start its worker, wrap it. Raises LwError on any failure."""
     from learnware_cli.market.package import extract_package
     from learnware_cli.market.worker import ModelWorker
-    from learnware_cli.rkme.spec import RKMESpec
+    from learnware_cli.specs import load_spec
 
     task, output_dim = _contract_of(plan.semantic)
-    spec = plan.column_map.spec if plan.column_map is not None else RKMESpec.load(plan.folder / "rkme.json")
+    spec = plan.column_map.spec if plan.column_map is not None else load_spec(plan.folder / "rkme.json")
     own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
     package = extract_package(_verified_copy(plan, own), own / "package")
     # copy_package=False: this extraction is private to the worker already
