@@ -54,11 +54,12 @@ def spec(
     if k is None:
         k, k_from = DEFAULT_K, "the default K"
 
-    from learnware_cli.specs.data import fit_spec, infer_kind, read_data
+    from learnware_cli.specs.data import infer_kind, read_data
 
     kind = infer_kind(data, kind, text_column)
     if kind != "table":
-        _spec_of_kind(output, read_data(data, kind, text_column), out, k, gamma, seed, steps if steps != 3 else None)
+        explicit_k = k if k_from == "--k" else None  # images: the reference's 16 unless asked
+        _spec_of_kind(output, read_data(data, kind, text_column), out, explicit_k if kind == "image" else k, gamma, seed, steps if steps != 3 else None)
         return
     table = read_matrix(data, fill=True)
     x = table.values

@@ -108,7 +108,7 @@ def pack(
                 gamma, k = opened.gamma, opened.k
             loaded_data = read_data(data, kind, text_column)
             with output.progress(f"fitting the {kind} specification", total=None):
-                fitted = fit_spec(loaded_data, k=k, gamma=gamma)
+                fitted = fit_spec(loaded_data, k=None if kind == "image" else k, gamma=gamma)
             sample = loaded_data.values[:2]
             spec = Path(tmp) / "rkme.json"
             spec.write_text(json.dumps(fitted.to_json_dict(), separators=(",", ":")))

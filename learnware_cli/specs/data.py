@@ -105,16 +105,19 @@ def read_data(path: Path, kind: str, text_column: Optional[str] = None) -> Loade
     return Loaded("table", table.values, path, replaced=table.replaced, header=table.header)
 
 
-def fit_spec(loaded: Loaded, k: int, gamma: float, seed: int = 0, steps: Optional[int] = None, on_stage: Optional[Callable] = None):
-    """The specification of loaded data, of its kind, with the market's K (and gamma where the kind has one)."""
+def fit_spec(loaded: Loaded, k: Optional[int], gamma: float, seed: int = 0, steps: Optional[int] = None, on_stage: Optional[Callable] = None):
+    """The specification of loaded data, of its kind, with K points (None: the kind's default, e.g. 16
+    synthetic images as the reference; tables and texts: 100) and gamma where the kind has one."""
     from learnware_cli.specs import spec_class
 
     cls = spec_class(SPEC_TYPE[loaded.kind])
     if loaded.kind == "table":
         from learnware_cli.rkme import fit_rkme
 
-        return fit_rkme(loaded.values, k=k, gamma=gamma, seed=seed, on_stage=on_stage, **({} if steps is None else {"steps": steps}))
-    params = {"K": min(k, loaded.rows), "seed": seed}
+        return fit_rkme(loaded.values, k=k or 100, gamma=gamma, seed=seed, on_stage=on_stage, **({} if steps is None else {"steps": steps}))
+    params = {"seed": seed}
+    if k is not None or loaded.kind == "text":
+        params["K"] = min(k or 100, loaded.rows)
     if loaded.kind == "text":
         params["gamma"] = gamma
     if steps is not None:

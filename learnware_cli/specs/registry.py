@@ -24,6 +24,7 @@ DEFAULT_TYPE = "RKMETableSpecification"  # a spec file without a "type" key (as 
 _BUILTIN = {
     "RKMETableSpecification": "learnware_cli.specs.table",
     "RKMEStatSpecification": "learnware_cli.specs.table",  # the reference's older name for the same layout
+    "RKMEImageSpecification": "learnware_cli.specs.image",
     "RKMETextSpecification": "learnware_cli.specs.text",
 }
 _CLASSES: dict[str, type] = {}
