@@ -132,3 +132,15 @@ def test_one_market_holds_tables_images_and_texts(tmp_path, lw_json):
     assert code == 0 and [r["name"] for r in found["single"]] == ["digits high", "digits low"], found
     code, rebuilt = lw_json("reindex", "--market", market)
     assert code == 0 and len(rebuilt["stacks"]) == 3, rebuilt  # one stack per island: table d=5, image, text
+
+
+@pytest.mark.parametrize("embedder, message", [
+    ("nope", "unknown embedder 'nope'"),
+    ("sentence-transformers:/nonexistent/model", "sentence-transformers"),
+])
+def test_spec_names_an_embedder_it_cannot_use_in_one_line(tmp_path, lw, embedder, message):
+    texts, _ = topic_texts("football", 20, seed=2)
+    (tmp_path / "t.txt").write_text("\n".join(texts))
+    code, out, err = lw("spec", tmp_path / "t.txt", "--out", tmp_path / "s.json", "-K", "5", "--embedder", embedder)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s.json").exists()

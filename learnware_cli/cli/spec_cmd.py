@@ -27,6 +27,7 @@ def spec(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same spec)."),
     kind: Optional[str] = typer.Option(None, "--kind", help="table, image or text (default: from the file: a folder, image files or 3-D+ arrays are images; .txt/.jsonl texts; else a table)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Texts in this CSV column (name or index)."),
+    embedder: Optional[str] = typer.Option(None, "--embedder", help="Texts: lw-hashed-ngrams-v1 (default, built in) or sentence-transformers:PATH (a model already on disk; never downloaded). Only specs of one embedder are compared."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Fit the RKME specification of a data file (the data never leaves this machine).
@@ -57,9 +58,11 @@ def spec(
     from learnware_cli.specs.data import infer_kind, read_data
 
     kind = infer_kind(data, kind, text_column)
+    if embedder is not None and kind != "text":
+        raise InputError("--embedder is for text data (--kind text)")
     if kind != "table":
         explicit_k = k if k_from == "--k" else None  # images: the reference's 16 unless asked
-        _spec_of_kind(output, read_data(data, kind, text_column), out, explicit_k if kind == "image" else k, gamma, seed, steps if steps != 3 else None)
+        _spec_of_kind(output, read_data(data, kind, text_column), out, explicit_k if kind == "image" else k, gamma, seed, steps if steps != 3 else None, embedder)
         return
     table = read_matrix(data, fill=True)
     x = table.values
@@ -101,14 +104,14 @@ def spec(
     )
 
 
-def _spec_of_kind(output: Output, loaded, out: Path, k: int, gamma: float, seed: int, steps) -> None:
+def _spec_of_kind(output: Output, loaded, out: Path, k: int, gamma: float, seed: int, steps, embedder=None) -> None:
     """`lw spec` for images and texts: the kind's own fit; K is capped at the number of items."""
     from learnware_cli.data_io import write_text_atomic
     from learnware_cli.specs.data import fit_spec
 
     started = time.perf_counter()
     with output.progress(f"fitting the {loaded.kind} specification of {loaded.describe()}", total=None):
-        fitted = fit_spec(loaded, k=k, gamma=gamma, seed=seed, steps=steps)
+        fitted = fit_spec(loaded, k=k, gamma=gamma, seed=seed, steps=steps, embedder=embedder)
     elapsed = time.perf_counter() - started
     write_text_atomic(out, json.dumps(fitted.to_json_dict(), separators=(",", ":")))
     summary = fitted.summary()

@@ -105,7 +105,7 @@ def read_data(path: Path, kind: str, text_column: Optional[str] = None) -> Loade
     return Loaded("table", table.values, path, replaced=table.replaced, header=table.header)
 
 
-def fit_spec(loaded: Loaded, k: Optional[int], gamma: float, seed: int = 0, steps: Optional[int] = None, on_stage: Optional[Callable] = None):
+def fit_spec(loaded: Loaded, k: Optional[int], gamma: float, seed: int = 0, steps: Optional[int] = None, on_stage: Optional[Callable] = None, embedder: Optional[str] = None):
     """The specification of loaded data, of its kind, with K points (None: the kind's default, e.g. 16
     synthetic images as the reference; tables and texts: 100) and gamma where the kind has one."""
     from learnware_cli.specs import spec_class
@@ -120,6 +120,10 @@ def fit_spec(loaded: Loaded, k: Optional[int], gamma: float, seed: int = 0, step
         params["K"] = min(k or 100, loaded.rows)
     if loaded.kind == "text":
         params["gamma"] = gamma
+        if embedder is not None:
+            params["embedder"] = embedder
+    elif embedder is not None:
+        raise InputError("--embedder is for text data")
     if steps is not None:
         params["steps"] = steps
     return cls.fit(loaded.values, **params)
