@@ -144,3 +144,17 @@ def test_spec_names_an_embedder_it_cannot_use_in_one_line(tmp_path, lw, embedder
     code, out, err = lw("spec", tmp_path / "t.txt", "--out", tmp_path / "s.json", "-K", "5", "--embedder", embedder)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_text_user_between_two_topics_gets_their_mixture(tmp_path, lw_json):
+    market = tmp_path / "market"
+    assert lw_json("init", market)[0] == 0
+    zips = [pack(lw_json, *text_model(tmp_path, topic), market, topic, tmp_path / f"{topic}.zip") for topic in TOPICS]
+    assert lw_json("submit", *zips, "--market", market)[0] == 0
+    football, _ = topic_texts("football", 36, seed=21)
+    cooking, _ = topic_texts("cooking", 24, seed=22)
+    (tmp_path / "user.txt").write_text("\n".join(football + cooking) + "\n")
+    assert lw_json("spec", tmp_path / "user.txt", "--market", market, "--out", tmp_path / "user.json")[0] == 0
+    code, found = lw_json("search", "--market", market, "--spec", tmp_path / "user.json", "-k", "2")
+    weights = {m["name"]: m["weight"] for m in found["mixture"]["learnwares"]}
+    assert code == 0 and weights == pytest.approx({"football": 0.6, "cooking": 0.4}, abs=0.1), found["mixture"]

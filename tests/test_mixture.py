@@ -148,3 +148,19 @@ def test_mixture_size_is_capped_by_k(hub_world):
     for size in (1, 2, 3):
         found = find_mixture(users[0][2], zs, betas, max_size=size, min_improvement=0.0)
         assert 1 <= len(found.members) <= size and found.weights.sum() == pytest.approx(1.0)
+
+
+def test_the_mixture_from_inner_products_alone_is_the_same_mixture():
+    """Kinds with their own kernel (images, texts) solve the mixture from <S_p, S_q>, <S_p, u>, <u, u>:
+    on table specs it must agree with find_mixture."""
+    from learnware_cli.search.statistical import mixture_from_products
+
+    zs, betas, user = _exact_world()
+    specs = [RKMESpec(z=z[b > 0], beta=b[b > 0], gamma=user.gamma) for z, b in zip(zs, betas)]
+    gram = np.array([[a.inner_product(b) for b in specs] for a in specs])
+    cross = np.array([user.inner_product(s) for s in specs])
+    found = mixture_from_products(gram, cross, user.inner_product(user), max_size=2)
+    expected = find_mixture(user, zs, betas, max_size=2)
+    assert found.members == expected.members == [1, 2]
+    assert found.weights == pytest.approx(expected.weights, abs=1e-8)
+    assert found.mmd2 == pytest.approx(expected.mmd2, abs=1e-9) and found.score == pytest.approx(expected.score, abs=1e-9)

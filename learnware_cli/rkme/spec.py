@@ -129,6 +129,10 @@ class RKMESpec:
         """MMD^2 to another table RKME of the same island (``mmd2``)."""
         return mmd2(self, other)
 
+    def inner_product(self, other: "RKMESpec") -> float:
+        """<self, other> in the RKHS (float64)."""
+        return inner_product(self, other)
+
     def mmd2_to_stack(self, stack: "SpecStack") -> np.ndarray:
         """MMD^2 to every spec of a SpecStack, float64 (M,) (``mmd2_to_many``)."""
         return mmd2_to_many(self, stack)

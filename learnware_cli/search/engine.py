@@ -107,7 +107,7 @@ def search(
     if island.kind != TABLE_KIND:  # images, texts: their own islands, their own kernels
         if match == "features":
             raise InputError(f"--match features compares table columns; yours is a {user_spec.type_name}")
-        return _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result)
+        return _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result, mixture)
     if match != "island":
         user_features = _user_features(index, user_spec, user_semantic)
         if any(f is not None for f in user_features):
@@ -176,12 +176,16 @@ def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versio
     return _DEVICE_STACKS[key]
 
 
-def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result) -> SearchResult:
+KIND_MIXTURE_POOL = 16  # image inner products cost ~5 ms each: the pool's P(P+1)/2 stay under a second
+
+
+def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result, mixture: bool = True) -> SearchResult:
     """Single ranking within the island of a non-table specification (image, text of one embedder).
 
     The kind's own stack (``make_stack``) and kernel (``mmd2_to_stack``); the
-    top k re-scored with ``mmd2`` on the stored specs. No mixture: its QP needs
-    the kind's Gram products, which the interface does not offer yet.
+    top k re-scored with ``mmd2`` on the stored specs; the mixture is solved from
+    the kind's ``inner_product`` among the KIND_MIXTURE_POOL best
+    (statistical.mixture_from_products).
     """
     island = user_spec.island_key()
     if island.gamma > 0 and not same_island(island, IslandKey(island.kind, island.dim, market.gamma)):
@@ -215,6 +219,23 @@ def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, r
         exact = max(float(user_spec.mmd2(_stored_spec(market, entry["id"], record["version"]))), 0.0)
         score = float(similarity(exact, own, float(stack.self_products[row])))
         result.single.append({**_describe(entry, record), "mmd2": exact, "score": round(score, 4)})
+    if mixture and k > 1 and order.size > 1:
+        from learnware_cli.search.statistical import mixture_from_products
+
+        pool = order[:KIND_MIXTURE_POOL]
+        specs = [_stored_spec(market, members[row][1]["id"], members[row][2]["version"]) for row in pool]
+        gram = np.array([[a.inner_product(b) if j >= i else 0.0 for j, b in enumerate(specs)] for i, a in enumerate(specs)])
+        gram = np.triu(gram) + np.triu(gram, 1).T
+        cross = np.array([user_spec.inner_product(s) for s in specs])
+        found = mixture_from_products(gram, cross, own, max_size=k)
+        result.mixture = {
+            "learnwares": [
+                {**_describe(members[pool[p]][1], members[pool[p]][2]), "weight": round(float(w), 6)}
+                for p, w in zip(found.members, found.weights)
+            ],
+            "mmd2": found.mmd2,
+            "score": round(found.score, 4),
+        }
     return result
 
 

@@ -283,3 +283,47 @@ def find_mixture(
     order = np.argsort(-w, kind="stable")
     score = float(similarity(float(mmd), self_product(user), float(mixture_self)))
     return Mixture(members=[int(m) for m in members[order]], weights=w[order], mmd2=max(float(mmd), 0.0), score=score)
+
+
+# --------------------------------------------------------------------------- mixtures of any kind, from products
+
+
+def _closest_from_products(gram, cross, own, n_valid, max_size, min_improvement, min_weight):
+    return closest_mixture_arrays(gram, cross, own, n_valid, max_size, min_improvement, min_weight)[0]
+
+
+_closest_from_products_jit = jax.jit(_closest_from_products, static_argnames=("max_size",))
+_masked_qp = jax.jit(kernels.solve_simplex_qp_masked)
+
+
+def mixture_from_products(
+    gram: np.ndarray, cross: np.ndarray, own: float, max_size: int, min_improvement: float = MIN_IMPROVEMENT, min_weight: float = MIN_WEIGHT
+) -> Mixture:
+    """The closest mixture of a pool given only its inner products, for specification kinds whose
+    kernel is their own (images, texts): gram (P, P) = <S_p, S_q>, cross (P,) = <S_p, u>, own = <u, u>,
+    all float64 from the kinds' ``inner_product``. The same rule as find_mixture (closest_mixture_arrays,
+    then float64 weights re-solved until every member has weight >= min_weight); the pool is padded
+    to a multiple of 8 with specs that are never chosen.
+    """
+    p = len(cross)
+    slots = -(-p // 8) * 8
+    padded_gram = np.eye(slots)  # padding: unit self products, no cross terms, masked out anyway
+    padded_gram[:p, :p] = gram
+    padded_cross = np.zeros(slots)
+    padded_cross[:p] = cross
+    size = max(1, min(max_size, p))
+    active = np.asarray(_closest_from_products_jit(jnp.asarray(padded_gram), jnp.asarray(padded_cross), own, p, max_size=size,
+                                                   min_improvement=min_improvement, min_weight=min_weight))
+    members = np.flatnonzero(active[:p])
+    while True:
+        sub_gram, sub_cross = gram[np.ix_(members, members)], cross[members]
+        w = np.asarray(_masked_qp(jnp.asarray(sub_gram), jnp.asarray(sub_cross), jnp.ones(len(members), dtype=bool)))
+        keep = w >= min_weight
+        if keep.all():
+            break
+        members = members[keep]
+    mixture_self = float(w @ sub_gram @ w)
+    mmd = float(kernels.mixture_mmd2(own, sub_gram, sub_cross, w))
+    order = np.argsort(-w, kind="stable")
+    score = float(similarity(mmd, own, mixture_self))
+    return Mixture(members=[int(m) for m in members[order]], weights=w[order], mmd2=max(mmd, 0.0), score=score)

@@ -22,6 +22,8 @@ The contract (``Specification``), for a class ``S`` and an instance ``s``:
 - ``s.stack_arrays()`` -> ``StackArrays``: the arrays a market search stacks
   for this specification (z (K, d), beta (K,)); the search cache stores them,
   zero-padded, together with the self inner products the stack computes.
+- ``s.inner_product(other)`` -> float: <s, other> in the RKHS (what a
+  mixture over a few specifications of the island is solved from);
 - ``s.mmd2(other)`` -> float: MMD^2 to another specification of its island;
   ``s.mmd2_to_stack(stack)`` -> float64 (M,): MMD^2 to every specification
   of a stack, in one batched call.
@@ -92,6 +94,8 @@ class Specification(Protocol):
     def island_key(self) -> IslandKey: ...
 
     def stack_arrays(self) -> StackArrays: ...
+
+    def inner_product(self, other: "Specification") -> float: ...
 
     def mmd2(self, other: "Specification") -> float: ...
 

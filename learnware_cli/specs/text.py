@@ -233,6 +233,11 @@ class TextSpecification:
         self._same_island(other)
         return mmd2(self.rkme, other.rkme)
 
+    def inner_product(self, other: "TextSpecification") -> float:
+        """<self, other> in the RKHS of the embeddings (same embedder only)."""
+        self._same_island(other)
+        return self.rkme.inner_product(other.rkme)
+
     def mmd2_to_stack(self, stack: SpecStack) -> np.ndarray:
         """MMD^2 to every spec of a stack (built by ``make_stack`` from specs of this island), float64 (M,)."""
         return mmd2_to_many(self.rkme, stack)
