@@ -33,12 +33,10 @@ folders OUT/market, OUT/packages and OUT/work are recreated on every run).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -871,26 +869,9 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("experiment-out"))
-    parser.add_argument("--quick", action="store_true", help="a small run (about a minute) to check the pipeline")
-    parser.add_argument("--jobs", type=int, default=None, help="processes for the label-using methods")
-    parser.add_argument("--seeds", type=int, default=None)
-    args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else Config()
-    if args.jobs is not None:
-        cfg = replace(cfg, jobs=max(1, args.jobs))
-    if args.seeds is not None:
-        cfg = replace(cfg, seeds=max(1, args.seeds))
-    try:
-        run(args.out, cfg, quick=args.quick)
-    except Exception as exc:  # noqa: BLE001 - one line for known errors
-        from learnware_cli.errors import LwError
+    from learnware_cli.experiment.command import run_from_command_line
 
-        if isinstance(exc, LwError):
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
+    run_from_command_line(argv, __doc__, "experiment-out", QUICK, Config(), run, "a small run (about a minute) to check the pipeline")
 
 
 if __name__ == "__main__":

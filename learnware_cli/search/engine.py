@@ -149,15 +149,23 @@ def search(
     if mixture and k > 1:
         pool = order[:MIXTURE_POOL]
         found = find_mixture(user_spec, stack.zs[pool], stack.betas[pool], max_size=k, method=mixture_method)
-        result.mixture = {
-            "learnwares": [
-                {**_describe(members[pool[p]][1], members[pool[p]][2]), "weight": round(float(w), 6)}
-                for p, w in zip(found.members, found.weights)
-            ],
-            "mmd2": found.mmd2,
-            "score": round(found.score, 4),
-        }
+        result.mixture = _mixture_doc(found, [members[row] for row in pool])
     return result
+
+
+def _mixture_doc(found, pool_members: list) -> dict:
+    """A search's "mixture": its members (described, with weights, heaviest first), MMD^2 and score.
+
+    pool_members: (key, entry, record) of each pool position the mixture's members index.
+    """
+    return {
+        "learnwares": [
+            {**_describe(pool_members[p][1], pool_members[p][2]), "weight": round(float(w), 6)}
+            for p, w in zip(found.members, found.weights)
+        ],
+        "mmd2": found.mmd2,
+        "score": round(found.score, 4),
+    }
 
 
 _DEVICE_STACKS: dict = {}
@@ -228,14 +236,7 @@ def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, r
         gram = np.triu(gram) + np.triu(gram, 1).T
         cross = np.array([user_spec.inner_product(s) for s in specs])
         found = mixture_from_products(gram, cross, own, max_size=k)
-        result.mixture = {
-            "learnwares": [
-                {**_describe(members[pool[p]][1], members[pool[p]][2]), "weight": round(float(w), 6)}
-                for p, w in zip(found.members, found.weights)
-            ],
-            "mmd2": found.mmd2,
-            "score": round(found.score, 4),
-        }
+        result.mixture = _mixture_doc(found, [members[row] for row in pool])
     return result
 
 
@@ -349,15 +350,7 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
             for i, (_, own_on_s, _) in enumerate(specs):
                 zs[i, : own_on_s.size], betas[i, : own_on_s.size] = own_on_s.z, own_on_s.beta
             chosen = find_mixture(user_on_s, zs, betas, max_size=k, method=mixture_method)
-            result.mixture = {
-                "learnwares": [
-                    {**_describe(stack.members[pool[p]][1], stack.members[pool[p]][2]), "weight": round(float(w), 6)}
-                    for p, w in zip(chosen.members, chosen.weights)
-                ],
-                "mmd2": chosen.mmd2,
-                "score": round(chosen.score, 4),
-                "shared": top_shared,
-            }
+            result.mixture = {**_mixture_doc(chosen, [stack.members[row] for row in pool]), "shared": top_shared}
     return result
 
 
