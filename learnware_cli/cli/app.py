@@ -17,7 +17,7 @@ import typer  # noqa: E402
 
 from learnware_cli import __version__  # noqa: E402
 from learnware_cli.cli import init_cmd, market_cmds, reuse_cmd, search_cmd, spec_cmd, submit_cmds
-from learnware_cli.cli import islands_cmd
+from learnware_cli.cli import anchors_cmd, islands_cmd
 from learnware_cli.cli.output import print_json, safe, stderr
 from learnware_cli.errors import EXIT_INTERNAL, EXIT_USAGE, LwError, MarketError, RejectedError, UsageError
 
@@ -55,6 +55,7 @@ spec_cmd.register(app)
 submit_cmds.register(app)
 market_cmds.register(app)
 islands_cmd.register(app)
+anchors_cmd.register(app)
 search_cmd.register(app)
 reuse_cmd.register(app)
 
