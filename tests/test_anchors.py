@@ -91,3 +91,59 @@ def test_a_scores_file_is_checked(tmp_path):
     path.write_text(json.dumps({"format": A.SCORES_FORMAT, "task": "Regression", "input_dim": 3, "scores": {"00000001@1": -1}}))
     with pytest.raises(Exception, match="finite losses"):
         A.read_scores(path)
+
+
+# --------------------------------------------------------------------------- through the CLI, on a real market
+
+
+@pytest.fixture(scope="module")
+def linear_market(tmp_path_factory):
+    """8 Ridge learnwares f_j(x) = x . W_j on 3 inputs, submitted through every check."""
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    from learnware_cli.cli.app import main
+
+    root = tmp_path_factory.mktemp("anchors")
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(8, 3))
+    assert main(["init", str(root / "market")]) == 0
+    zips = []
+    for j, w in enumerate(weights):
+        X = rng.normal(size=(200, 3))
+        np.savetxt(root / f"X{j}.csv", X, delimiter=",")
+        joblib.dump(Ridge(alpha=1e-6).fit(X, X @ w), root / f"m{j}.joblib")
+        args = ["pack", "--model", root / f"m{j}.joblib", "--data", root / f"X{j}.csv", "--market", root / "market",
+                "--name", f"f{j}", "--task", "Regression", "--out", root / f"p{j}.zip", "--json"]
+        assert main([str(a) for a in args]) == 0
+        zips.append(str(root / f"p{j}.zip"))
+    assert main(["submit", *zips, "--market", str(root / "market"), "--json"]) == 0
+    return root, weights
+
+
+def test_lw_anchors_lists_anchors_and_keeps_the_signatures(linear_market, lw_json):
+    root, _ = linear_market
+    code, doc = lw_json("anchors", "--market", root / "market", "--dim", "3", "-n", "4")
+    assert code == 0 and doc["island_learnwares"] == 8 and len(doc["anchors"]) == 4 and doc["task"] == "Regression"
+    assert (root / "market" / "anchors" / "bank-d3.npy").is_file() and (root / "market" / "anchors" / "signatures-d3.npz").is_file()
+    code, again = lw_json("anchors", "--market", root / "market", "--dim", "3", "-n", "4")
+    assert again["anchors"] == doc["anchors"]  # same market, same anchors
+
+
+def test_the_scores_file_holds_no_rows(linear_market, lw_json, tmp_path):
+    root, weights = linear_market
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(20, 3))
+    y = X @ weights[5] + 0.05 * rng.normal(size=20)
+    np.savetxt(tmp_path / "X.csv", X, delimiter=",")
+    np.savetxt(tmp_path / "y.csv", y)
+    code, doc = lw_json("anchors", "--market", root / "market", "-n", "4", "--labeled", tmp_path / "X.csv", tmp_path / "y.csv",
+                        "--evaluate", "--out", tmp_path / "scores.json")
+    assert code == 0, doc
+    text = (tmp_path / "scores.json").read_text()
+    shared = json.loads(text)
+    assert set(shared) == {"format", "market", "task", "input_dim", "metric", "labeled_rows", "baseline", "scores"}
+    assert shared["labeled_rows"] == 20 and len(shared["scores"]) == 4
+    for value in list(X.ravel()) + list(y):  # none of her numbers, in any usual rendering
+        for rendering in (repr(float(value)), f"{value:.6g}", f"{value:.4f}"):
+            assert rendering not in text
