@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
 from learnware_cli.cli.common import JSON_OPTION, MARKET_OPTION, k_option, open_market
 from learnware_cli.cli.output import Output, fmt_float, safe, table
+
+DEFAULT_CHECK = 10  # --labeled: how many of the top candidates run on the labeled rows
 
 
 def search(
@@ -24,6 +27,11 @@ def search(
     columns: Optional[str] = typer.Option(None, "--columns", help="What your columns are, comma-separated, in order (default: the CSV header of --data)."),
     semantic: Optional[Path] = typer.Option(None, "--semantic", help="A semantic spec JSON whose Input block describes your columns (Description, Features)."),
     match: str = typer.Option("auto", "--match", help="island: same input width only; features: on the market features you share with each learnware; auto: features when your columns are described."),
+    labeled: Optional[Tuple[Path, Path]] = typer.Option(
+        None, "--labeled", metavar="X Y",
+        help="X.csv y.csv: labeled rows of your task (tables). The top --check candidates run on them, in sandboxed workers, and are re-ranked by their measured loss.",
+    ),
+    check: Optional[int] = typer.Option(None, "--check", min=1, help=f"With --labeled: how many of the top candidates to run (default {DEFAULT_CHECK}; at most the -k listed).", show_default=False),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Search a market: semantic filters, then single and mixture ranking by MMD to your data.
@@ -31,6 +39,10 @@ def search(
     With described columns (a CSV header, --columns or --semantic) learnwares on other column sets
     are compared on the market features they share with you (`lw features`); each result says its
     coverage (the share of its input you have) and what it misses.
+
+    With --labeled X.csv y.csv the first --check N candidates run on your labeled rows (as `lw reuse`
+    runs them) and are re-ranked by their measured loss (MSE, or error rate = 1 - accuracy), each
+    with a 90 % bootstrap interval; the best one says in what share of resamples it stays best.
 
     Example: lw search --market ./market --data my_rows.csv --tag Task=Regression -k 3 --json > found.json
     """
@@ -46,17 +58,22 @@ def search(
         raise InputError("give either --columns or --semantic, not both")
     user_semantic = user_columns_semantic(columns, semantic)
     query = parse_tag_filters(tag, opened.vocabulary)
+    labeled_rows = read_labeled(labeled, check)  # before any search or model: its files and flags
     user_spec = None
     if spec is not None:
         from learnware_cli.specs import load_spec
 
         user_spec = load_spec(spec)
+        if labeled_rows is not None:
+            check_labeled_width(labeled_rows, user_spec, str(spec))
     elif data is not None:
         from learnware_cli.data_io import read_matrix
         from learnware_cli.rkme import fit_rkme
 
         table_read = read_matrix(data, fill=True)
         rows = table_read.values
+        if labeled_rows is not None and labeled_rows.x.shape[1] != rows.shape[1]:
+            raise InputError(f"--labeled: {labeled_rows.x_path} has {labeled_rows.x.shape[1]} columns but {data} has {rows.shape[1]}")
         if user_semantic is None and table_read.header:
             user_semantic = user_columns_semantic(",".join(table_read.header), None, split=False, header=table_read.header)
         if table_read.replaced:
@@ -68,10 +85,127 @@ def search(
             opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture,
             progress=lambda d, t: update(d, t), user_semantic=user_semantic, match=match,
         )
+    checked = None
+    if labeled_rows is not None:
+        checked = run_check(output, opened, result, labeled_rows, columns, semantic)
     doc = result.to_dict()
     doc["total"] = total_matches(result)
     doc["more"] = max(doc["total"] - len(result.single), 0)  # matches that -k left out
-    output.emit(doc, lambda console: render(console, result, doc["more"]))
+    if labeled_rows is not None:
+        doc["checked"] = checked
+    output.emit(doc, lambda console: render(console, result, doc["more"], checked))
+
+
+@dataclass
+class LabeledRows:
+    """--labeled X Y as read: X's rows (missing cells filled with column means), its header, the targets."""
+
+    x: object
+    y: object
+    x_path: Path
+    y_path: Path
+    replaced: int
+    header: Optional[list]
+    check: int
+
+
+def read_labeled(labeled, check: Optional[int]) -> Optional[LabeledRows]:
+    """Read and check --labeled X Y and --check N (one-line InputError), or None without --labeled."""
+    from learnware_cli.errors import InputError
+
+    if labeled is None:
+        if check is not None:
+            raise InputError("--check N says how many candidates to run on your labeled rows: add --labeled X.csv y.csv")
+        return None
+    from learnware_cli.data_io import read_matrix, read_vector
+    from learnware_cli.specs.data import infer_kind
+
+    x_path, y_path = Path(labeled[0]), Path(labeled[1])
+    kind = infer_kind(x_path)
+    if kind != "table":
+        raise InputError(f"--labeled: {x_path} holds {kind} data; checking candidates on labeled rows works on tables only for now")
+    x_read = read_matrix(x_path, fill=True)
+    y = read_vector(y_path)
+    if len(y) != len(x_read.values):
+        raise InputError(f"--labeled: {x_path} has {len(x_read.values)} rows but {y_path} has {len(y)}")
+    return LabeledRows(x_read.values, y, x_path, y_path, x_read.replaced, x_read.header, check or DEFAULT_CHECK)
+
+
+def check_labeled_width(labeled: LabeledRows, user_spec, source: str) -> None:
+    """The labeled rows must be of the kind and width of the specification searched with."""
+    from learnware_cli.errors import InputError
+    from learnware_cli.rkme.spec import TABLE_KIND
+
+    island = user_spec.island_key()
+    if island.kind != TABLE_KIND:
+        raise InputError(f"--labeled: {source} is a {user_spec.type_name}; checking candidates on labeled rows works on tables only for now")
+    if labeled.x.shape[1] != user_spec.dim:
+        raise InputError(f"--labeled: {labeled.x_path} has {labeled.x.shape[1]} columns but {source} describes {user_spec.dim}")
+
+
+def run_check(output: Output, market, result, labeled: LabeledRows, columns: Optional[str], semantic: Optional[Path]) -> Optional[dict]:
+    """Run the first labeled.check candidates on the labeled rows; re-rank result.single in place.
+
+    The new order: the measured candidates by loss, then those not checked (in
+    their search order), then those that failed. Every entry keeps its search
+    fields and gains "spec_rank" (its place in the search ranking) and
+    "measured_loss" (None where not measured). Returns the summary for the
+    JSON's "checked" (None when the search found nothing to check).
+    """
+    from learnware_cli.search.check import check_candidates
+
+    if labeled.replaced:
+        output.note(f"note: {labeled.replaced} missing or infinite cell(s) of {safe(labeled.x_path)} replaced by column means")
+    if not result.single:
+        output.note("note: no candidate to check on your labeled rows")
+        return None
+    candidates = result.single[: labeled.check]
+    user_columns = labeled_user_columns(market, labeled, columns, semantic)
+    with output.progress(f"checking {len(candidates)} candidate(s) on your {len(labeled.x)} labeled rows", total=len(candidates)) as update:
+        checked = check_candidates(market, candidates, labeled.x, labeled.y, user_columns=user_columns, progress=lambda d, t: update(d, t))
+    summary = checked.summary
+    measured = {(c["id"], c["version"]) for c in checked}
+    failed = {(f["id"], f["version"]) for f in summary["failures"]}
+    ranked = [dict(c) for c in checked]
+    rest, broken = [], []
+    for rank, entry in enumerate(result.single, start=1):
+        key = (entry["id"], entry["version"])
+        if key in measured:
+            continue
+        target = broken if key in failed and rank <= len(candidates) else rest
+        target.append({**entry, "spec_rank": rank, "measured_loss": None})
+    result.single = ranked + rest + broken
+    return {
+        "rows": summary["rows"],
+        "replaced_cells": labeled.replaced,
+        "task": summary["task"],
+        "loss": summary["loss"],
+        "n_boot": summary["n_boot"],
+        "level": summary["level"],
+        "seed": summary["seed"],
+        "candidates": summary["asked"],
+        "measured": len(checked),
+        "best": summary["best"],
+        "best_share": summary["best_share"],
+        "failures": summary["failures"],
+    }
+
+
+def labeled_user_columns(market, labeled: LabeledRows, columns: Optional[str], semantic: Optional[Path]):
+    """The labeled rows' columns as market features (--columns, --semantic, else X's CSV header), as `lw reuse` reads them."""
+    from learnware_cli.errors import InputError
+    from learnware_cli.reuse.market_models import UserColumns
+
+    described = user_columns_semantic(columns, semantic, header=labeled.header if columns is None and semantic is None and labeled.header else None)
+    if described is None:
+        return None
+    width = labeled.x.shape[1]
+    if described["Input"].get("Dimension") != width:
+        raise InputError(f"--labeled: your columns are described as {described['Input'].get('Dimension')} but {labeled.x_path} has {width}")
+    from learnware_cli.market.features import build_vocabulary, features_of
+
+    # no RKME of the labeled rows: it would only serve the job selector, which the check does not use
+    return UserColumns(features_of(described, build_vocabulary(market.entries())), spec=None)
 
 
 def user_columns_semantic(columns: Optional[str], semantic: Optional[Path], split: bool = True, header=None) -> Optional[dict]:
@@ -99,9 +233,12 @@ def total_matches(result) -> int:
     return int(total) if isinstance(total, int) else max(int(result.considered), len(result.single))
 
 
-def render(console, result, more: int = 0) -> None:
+def render(console, result, more: int = 0, checked: Optional[dict] = None) -> None:
     shown = len(result.single)
     hint = f"showing {shown} of {shown + more} matches: -k {shown + more} shows them all" if more else ""
+    if checked:
+        render_checked(console, result, checked, hint)
+        return
     if result.mode == "semantic":
         rows = [[r["id"], r["version"], r["name"], r["task"], r["score"]] for r in result.single]
         console.print(table(f"semantic matches ({result.considered})", ["id", "version", "name", "task", "score"], rows))
@@ -125,6 +262,48 @@ def render(console, result, more: int = 0) -> None:
         mix = result.mixture
         rows = [[r["id"], r["version"], r["name"], f"{r['weight']:.3f}"] for r in mix["learnwares"]]
         console.print(table(f"best mixture: MMD² {fmt_float(mix['mmd2'])}, score {mix['score']:.3f}", ["id", "version", "name", "weight"], rows))
+
+
+LOSS_LABELS = {"mse": "MSE", "error_rate": "error rate"}
+
+
+def render_checked(console, result, checked: dict, hint: str) -> None:
+    """--labeled: the candidates re-ranked by their measured loss, its interval, and how sure the winner is."""
+    loss = LOSS_LABELS.get(checked["loss"], checked["loss"])
+    level = round(100 * checked["level"])
+    rows = []
+    for i, r in enumerate(result.single):
+        if r.get("measured_loss") is not None:
+            lo, hi = r["loss_interval"]
+            measured = f"{fmt_float(r['measured_loss'])} [{fmt_float(lo)}, {fmt_float(hi)}]"
+        else:
+            measured = "failed" if any(f["id"] == r["id"] and f["version"] == r["version"] for f in checked["failures"]) else "not checked"
+        rows.append([i + 1, r["id"], r["version"], r["name"], r["spec_rank"], f"{r['score']:.3f}", measured])
+    title = f"candidates re-ranked by their {loss} on your {checked['rows']} labeled rows ({level} % bootstrap interval)"
+    console.print(table(title, ["rank", "id", "version", "name", "spec rank", "spec score", f"measured {loss} [interval]"], rows))
+    best = checked["best"]
+    others = checked["measured"] - 1
+    if others:
+        console.print(
+            f"{safe(best['id'])}@{safe(best['version'])} is best in {100 * checked['best_share']:.0f} % of {checked['n_boot']} resamples of your labeled rows"
+            f" (against the {others} other measured candidate(s))",
+            highlight=False,
+        )
+    else:
+        why = "could be measured" if checked["failures"] else "was checked"
+        console.print(f"only {safe(best['id'])}@{safe(best['version'])} {why}: nothing to compare it with", highlight=False)
+    for failure in checked["failures"]:
+        console.print(f"failed {safe(failure['id'])}@{safe(failure['version'])}: {safe(failure['reason'])}", highlight=False)
+    if checked.get("replaced_cells"):
+        console.print(f"{checked['replaced_cells']} missing or infinite cell(s) of your labeled rows replaced by column means", highlight=False)
+    if hint:
+        console.print(hint, highlight=False)
+    if result.mixture:
+        mix = result.mixture
+        rows = [[r["id"], r["version"], r["name"], f"{r['weight']:.3f}"] for r in mix["learnwares"]]
+        where = f" on {len(mix['shared'])} shared feature(s)" if result.match == "features" and "shared" in mix else ""
+        console.print(table(f"best mixture{where}: MMD² {fmt_float(mix['mmd2'])}, score {mix['score']:.3f}", ["id", "version", "name", "weight"], rows))
+        console.print("(`lw reuse --from` takes this mixture; add --use ranking for the re-ranked list)", highlight=False)
 
 
 def render_features(console, result, hint: str) -> None:
