@@ -147,3 +147,23 @@ def test_the_scores_file_holds_no_rows(linear_market, lw_json, tmp_path):
     for value in list(X.ravel()) + list(y):  # none of her numbers, in any usual rendering
         for rendering in (repr(float(value)), f"{value:.6g}", f"{value:.4f}"):
             assert rendering not in text
+
+
+def test_search_by_anchor_scores_finds_the_users_learnware(linear_market, lw_json, tmp_path):
+    """No RKME: 4 anchor scores from 20 labeled rows rank the learnware that made the labels in the top 3."""
+    root, weights = linear_market
+    rng = np.random.default_rng(9)
+    hits = 0
+    for own in (1, 5, 6):
+        X = rng.normal(size=(20, 3))
+        np.savetxt(tmp_path / "X.csv", X, delimiter=",")
+        np.savetxt(tmp_path / "y.csv", X @ weights[own] + 0.05 * rng.normal(size=20))
+        code, _ = lw_json("anchors", "--market", root / "market", "-n", "4", "--labeled", tmp_path / "X.csv", tmp_path / "y.csv",
+                          "--evaluate", "--out", tmp_path / "scores.json")
+        assert code == 0
+        code, found = lw_json("search", "--market", root / "market", "--anchor-scores", tmp_path / "scores.json", "-k", "3")
+        assert code == 0 and found["mode"] == "anchors" and found["user"]["indicator"] is not None
+        hits += f"f{own}" in [r["name"] for r in found["single"]]
+    assert hits >= 2
+    code, doc = lw_json("search", "--market", root / "market", "--anchor-scores", tmp_path / "scores.json", "--spec", tmp_path / "scores.json")
+    assert code == 2 and "leave out --spec" in doc["message"]

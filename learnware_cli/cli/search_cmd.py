@@ -31,6 +31,7 @@ def search(
         None, "--labeled", metavar="X Y",
         help="X.csv y.csv: labeled rows of your task (tables). The top --check candidates run on them, in sandboxed workers, and are re-ranked by their measured loss.",
     ),
+    anchor_scores: Optional[Path] = typer.Option(None, "--anchor-scores", help="Your anchors' scores (from `lw anchors --evaluate`): rank by them instead of an RKME."),
     check: Optional[int] = typer.Option(None, "--check", min=1, help=f"With --labeled: how many of the top candidates to run (default {DEFAULT_CHECK}; at most the -k listed).", show_default=False),
     json_output: bool = JSON_OPTION,
 ) -> None:
@@ -43,6 +44,10 @@ def search(
     With --labeled X.csv y.csv the first --check N candidates run on your labeled rows (as `lw reuse`
     runs them) and are re-ranked by their measured loss (MSE, or error rate = 1 - accuracy), each
     with a 90 % bootstrap interval; the best one says in what share of resamples it stays best.
+
+    With --anchor-scores scores.json (from `lw anchors --evaluate`) no RKME is needed: learnwares
+    are ranked by how well their functional distances to the anchors explain the anchors' scores,
+    and an indicator says whether the market has anything much better than your labels' mean.
 
     Example: lw search --market ./market --data my_rows.csv --tag Task=Regression -k 3 --json > found.json
     """
@@ -60,6 +65,12 @@ def search(
     query = parse_tag_filters(tag, opened.vocabulary)
     labeled_rows = read_labeled(labeled, check)  # before any search or model: its files and flags
     user_spec = None
+    if anchor_scores is not None and (spec is not None or data is not None):
+        raise InputError("--anchor-scores ranks without an RKME: leave out --spec and --data")
+    if anchor_scores is not None:
+        from learnware_cli.market.anchors import read_scores
+
+        scores_doc = read_scores(anchor_scores)
     if spec is not None:
         from learnware_cli.specs import load_spec
 
@@ -81,10 +92,15 @@ def search(
         with output.progress("fitting your RKME locally", total=1) as update:
             user_spec = fit_rkme(rows, k=opened.k, gamma=opened.gamma, seed=seed, on_stage=lambda s, d, t: update(d, t, s))
     with output.progress("searching", total=None) as update:
-        result = run_search(
-            opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture,
-            progress=lambda d, t: update(d, t), user_semantic=user_semantic, match=match,
-        )
+        if anchor_scores is not None:
+            from learnware_cli.search.engine import search_by_anchor_scores
+
+            result = search_by_anchor_scores(opened, scores_doc, query, name, k=k)
+        else:
+            result = run_search(
+                opened, user_spec, query, name, k=k, all_versions=all_versions, mixture=not no_mixture,
+                progress=lambda d, t: update(d, t), user_semantic=user_semantic, match=match,
+            )
     checked = None
     if labeled_rows is not None:
         checked = run_check(output, opened, result, labeled_rows, columns, semantic)
@@ -239,6 +255,9 @@ def render(console, result, more: int = 0, checked: Optional[dict] = None) -> No
     if checked:
         render_checked(console, result, checked, hint)
         return
+    if result.mode == "anchors":
+        render_anchors(console, result, hint)
+        return
     if result.mode == "semantic":
         rows = [[r["id"], r["version"], r["name"], r["task"], r["score"]] for r in result.single]
         console.print(table(f"semantic matches ({result.considered})", ["id", "version", "name", "task", "score"], rows))
@@ -265,6 +284,22 @@ def render(console, result, more: int = 0, checked: Optional[dict] = None) -> No
 
 
 LOSS_LABELS = {"mse": "MSE", "error_rate": "error rate"}
+
+
+def render_anchors(console, result, hint: str) -> None:
+    """--anchor-scores: the predicted loss of each learnware, which were anchors, and the indicator."""
+    user = result.user
+    rows = [
+        [i + 1, r["id"], r["version"], safe(r["name"]), r["task"], fmt_float(r["predicted_loss"]), "" if r["anchor_score"] is None else fmt_float(r["anchor_score"])]
+        for i, r in enumerate(result.single)
+    ]
+    title = f"ranked by {user['anchors_scored']} anchor scores ({user['metric']}) among {result.considered} learnwares"
+    console.print(table(title, ["rank", "id", "version", "name", "task", "predicted loss", "anchor score"], rows))
+    if hint:
+        console.print(hint, highlight=False)
+    if user.get("indicator") is not None:
+        verdict = "a learnware explains your labels" if user["indicator"] < 0.5 else "little here beats predicting your labels' mean"
+        console.print(f"indicator {user['indicator']:.2f} (best predicted loss / your baseline {fmt_float(user['baseline'])}): {verdict}", highlight=False)
 
 
 def render_checked(console, result, checked: dict, hint: str) -> None:

@@ -386,3 +386,36 @@ def _best_per_island(stack, found, order, islands) -> list:
 def _shared_ids(stack, found, row) -> list:
     """The market features a stack row shares with the user (from the match's column map)."""
     return [stack.feature_ids[f] for f, c in zip(stack.features[row], found.columns[row]) if c >= 0]
+
+
+def search_by_anchor_scores(market: Market, doc: dict, tags: Optional[dict] = None, text: Optional[str] = None, k: int = 5, progress=None) -> SearchResult:
+    """Rank the scored island's learnwares by the anchors' scores alone (market.anchors.rank_by_scores).
+
+    doc: a checked scores file (market.anchors.read_scores). Each result gives
+    its predicted loss (implied loss + misfit), whether it was an anchor and
+    its measured score if so; ``user["indicator"]`` says whether the market
+    has anything much better than the user's mean (see market.anchors).
+    """
+    from learnware_cli.market import anchors
+
+    index = market.read_index()
+    result = SearchResult(market=str(market.root), mode="anchors")
+    allowed = None
+    if tags or text:
+        allowed = {e["id"] for e, _ in semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary)}
+    found, order, implied, residual, indicator = anchors.search_by_scores(market, doc, allowed=allowed)
+    result.considered = len(found.members)
+    result.user = {"task": doc["task"], "dim": doc["input_dim"], "anchors_scored": len(doc["scores"]), "metric": doc.get("metric"),
+                   "baseline": doc.get("baseline"), "indicator": None if indicator is None else round(indicator, 4)}
+    for row in order[:k]:
+        key, entry, record = found.members[row]
+        predicted = float(implied[row] + np.sqrt(residual[row]))
+        result.single.append({
+            **_describe(entry, record),
+            "predicted_loss": predicted,
+            "implied_loss": float(implied[row]),
+            "misfit": float(np.sqrt(residual[row])),
+            "anchor_score": doc["scores"].get(key),
+            "score": round(-predicted, 6),  # higher is better, as in every search result
+        })
+    return result
