@@ -92,12 +92,15 @@ def show(
     spec_summary = spec.summary()
     name = _version_name(semantic, entry)
     reads = features_of(semantic, build_vocabulary(opened.entries()))
-    data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "features": reads, "report": report, "package_verified": True}
+    # the model's kind: a code-free ONNX graph run in-process, or Python code run in a sandboxed worker
+    model_kind = record.get("model_kind") or (report.get("package") or {}).get("kind") or "python"
+    data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "features": reads, "model_kind": model_kind, "report": report, "package_verified": True}
 
     def human(console):
         console.print(f"[bold]{safe(name)}[/] ({safe(learnware_id)} v{record['version']})", highlight=False)
         pairs = [(k, _semantic_value({"semantic": semantic}, k)) for k in ("Data", "Task", "Library", "Scenario", "License", "Description")]
         pairs += [("Input dim", semantic.get("Input", {}).get("Dimension")), ("Output dim", semantic.get("Output", {}).get("Dimension"))]
+        pairs += [("Model", "ONNX graph (no code; run in-process by onnxruntime)" if model_kind == "onnx" else "Python (run in a sandboxed worker)")]
         pairs += [("RKME", spec.describe())]
         pairs += [("Market features", ", ".join(f if f is not None else "(undescribed)" for f in reads) or "(none described)")]
         pairs += [("checksum", record["checksum"][:16] + "… (package.zip verified)")]

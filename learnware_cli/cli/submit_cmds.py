@@ -48,7 +48,9 @@ def _check_feature_ids(feature_ids: List[str], dimension: int) -> None:
 
 
 def pack(
-    model: Path = typer.Option(..., "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A fitted scikit-learn estimator saved with joblib.dump."),
+    onnx: bool = typer.Option(False, "--onnx", help="Convert --model to ONNX (skl2onnx) and pack it as a code-free learnware; if it cannot be converted, say why and pack it as Python."),
+    onnx_model: Optional[Path] = typer.Option(None, "--onnx-model", help="A model already exported to ONNX (from any framework): packed as a code-free learnware (tables)."),
     out: Path = typer.Option(..., "--out", "-o", help="The learnware zip to write."),
     spec: Optional[Path] = typer.Option(None, "--spec", help="The model's RKME (from `lw spec`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Training data (rows, images or texts, as `lw spec` reads them): fit the specification now (instead of --spec)."),
@@ -74,7 +76,6 @@ def pack(
     Example: lw pack --model model.joblib --data train.csv --market ./market --name "Store 7 sales" --task Regression --scenario Business --out store7.zip
     """
     from learnware_cli.errors import InputError
-    from learnware_cli.market.pack import pack_sklearn
     from learnware_cli.market.semantic import build_semantic
     from learnware_cli.specs import load_spec
     from learnware_cli.specs.data import DATA_TYPE, KIND_OF_DATA_TYPE, infer_kind
@@ -87,8 +88,15 @@ def pack(
     feature_ids = [key.strip() for value in feature_ids for key in value.split(",")]
     if feature_ids and semantic is not None:
         raise InputError("--feature-ids goes with the semantic flags; with --semantic FILE, put the ids in its Input.Features")
-    if not model.is_file():
-        raise InputError(f"{model}: no such file")
+    if (model is None) == (onnx_model is None):
+        raise InputError("give the model: --model M.joblib (a scikit-learn estimator) or --onnx-model M.onnx")
+    if onnx and model is None:
+        raise InputError("--onnx converts --model M.joblib; a model already in ONNX goes with --onnx-model")
+    source = model if model is not None else onnx_model
+    if not source.is_file():
+        raise InputError(f"{source}: no such file")
+    if onnx_model is not None and data_type != "Table":
+        raise InputError("ONNX learnwares take table rows for now (--data-type Table)")
     check_output_path(out)  # before the RKME fit and the packing
     import tempfile
 
@@ -153,7 +161,7 @@ def pack(
             if output_dim is None:
                 from learnware_cli.market.pack import infer_output_dim
 
-                output_dim = infer_output_dim(model, loaded, task, sample)
+                output_dim = infer_output_dim(model, loaded, task, sample) if model is not None else _onnx_output_dim(onnx_model, task)
             semantic_doc = _semantic_from_flags(build_semantic, 
                 name=name,
                 description=description,
@@ -167,7 +175,7 @@ def pack(
                 input_desc=input_desc or None,
                 input_features=feature_ids or None,
             )
-        written = pack_sklearn(model, spec, semantic_doc, out, requirements=requirements, sample=sample)
+        written = _pack(output, model, onnx, onnx_model, spec, semantic_doc, out, requirements, sample)
     size = written.stat().st_size
     island = loaded.island_key()
     k_points = len(loaded.stack_arrays().beta)
@@ -175,6 +183,32 @@ def pack(
         {"ok": True, "out": str(written), "bytes": size, "input_dim": island.dim, "K": k_points, "type": loaded.type_name},
         lambda c: c.print(f"Wrote {safe(written)} ({size / 1024:.1f} KiB): {loaded.describe()}", highlight=False),
     )
+
+
+def _onnx_output_dim(onnx_model: Path, task: str) -> int:
+    """Output.Dimension of an ONNX model: its number of classes (Classification) or output width."""
+    from learnware_cli.market import onnx_kind
+
+    info = onnx_kind.validate_onnx(onnx_model.read_bytes())
+    return int(info.n_classes) if task.lower() == "classification" and info.n_classes else int(info.output_width)
+
+
+def _pack(output: Output, model, onnx: bool, onnx_model, spec, semantic_doc: dict, out, requirements, sample):
+    """The zip of the kind asked for: ONNX (exported, or converted from --model, falling back to
+    Python with a note when the estimator cannot be converted) or Python."""
+    from learnware_cli.market import onnx_kind
+    from learnware_cli.market.pack import pack_sklearn
+
+    if onnx_model is not None:
+        return onnx_kind.pack_onnx(onnx_model.read_bytes(), spec, semantic_doc, out, requirements=requirements)
+    if onnx:
+        from learnware_cli.market.pack import _load_estimator
+
+        try:
+            return onnx_kind.pack_estimator_onnx(_load_estimator(model), spec, semantic_doc, out, requirements=requirements)
+        except onnx_kind.ConversionError as exc:
+            output.note(f"note: packed as a Python learnware: {exc.message}")
+    return pack_sklearn(model, spec, semantic_doc, out, requirements=requirements, sample=sample)
 
 
 def submit(

@@ -40,6 +40,7 @@ from typing import Optional
 import numpy as np
 
 from learnware_cli.errors import RejectedError
+from learnware_cli.market import onnx_kind
 from learnware_cli.market import package as pkg
 from learnware_cli.market.semantic import semantic_value, validate_semantic
 from learnware_cli.market.worker import ModelWorker, WorkerError
@@ -362,18 +363,13 @@ def resize_images(images: np.ndarray, shape: tuple) -> np.ndarray:
     return np.asarray(jax.image.resize(images, (images.shape[0], channels, height, width), method="linear"))
 
 
-def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap, worker_options) -> None:
-    worker = ModelWorker(
-        package_dir,
-        timeout=timeout,
-        load_timeout=load_timeout,
-        memory_mb=memory_mb,
-        output_cap_bytes=output_cap,
-        copy_package=False,  # already a private extraction
-        **(worker_options or {}),
-    )
+def _run_model_checks(report, open_model, spec, semantic, n_rows, n_candidates, output_cap) -> None:
+    """model-load .. model-output on the model open_model() gives: a ModelWorker (Python learnwares)
+    or an onnx_kind.OnnxModel (ONNX ones, run in this process: no submitted code runs)."""
+    worker = None
     try:
         with _timed(report, "model-load"):
+            worker = open_model()
             try:
                 info = worker.start()
             except WorkerError as exc:
@@ -398,7 +394,8 @@ def _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout
                 report.model["predict_proba"] = check_outputs(proba, n_rows, proba_info, semantic, "predict_proba")
         report.model["output_bytes"] = worker.output_bytes
     finally:
-        worker.close()
+        if worker is not None:
+            worker.close()
 
 
 def _wants_proba(info: dict, semantic: dict) -> bool:
@@ -443,7 +440,7 @@ def check_package(
     with _timed(report, "archive"):
         scan = pkg.scan_archive(zip_path, limits)
     with _timed(report, "manifest"):
-        manifest = pkg.read_manifest(zip_path, scan, limits)
+        manifest = pkg.read_any_manifest(zip_path, scan, limits)
         req_file, requirements = pkg.read_requirements(zip_path, scan, limits)
     with _timed(report, "semantic"):
         semantic = choose_semantic(zip_path, scan, limits, semantic_override)
@@ -461,14 +458,36 @@ def check_package(
         "root": scan.root,
         "files": {rel: size for rel, (_, size) in sorted(scan.files.items())},
         "total_bytes": scan.total_bytes,
-        "class_name": manifest.class_name,
+        "kind": "onnx" if isinstance(manifest, onnx_kind.OnnxManifest) else "python",
+        "class_name": getattr(manifest, "class_name", "onnx"),
         "spec_file": manifest.spec_file,
         "requirements_file": req_file,
         "requirements": requirements,
     }
     if req_file is None:
         report.warnings.append("no requirements.txt or environment.yaml: dependencies unknown")
+    if isinstance(manifest, onnx_kind.OnnxManifest):
+        model_bytes = onnx_kind.read_onnx_model(zip_path, scan, manifest, limits)
+        report.package["model_file"] = manifest.file
+
+        def open_onnx():
+            return onnx_kind.OnnxModel(model_bytes, threads=1, input_shape=manifest.input_shape, output_shape=manifest.output_shape, timeout=timeout)
+
+        _run_model_checks(report, open_onnx, spec, semantic, n_rows, n_candidates, output_cap_bytes)
+        return report
     with tempfile.TemporaryDirectory(prefix="lw-check-") as tmp:
         package_dir = pkg.extract_package(zip_path, Path(tmp) / "package", limits)
-        _run_model_checks(report, package_dir, spec, semantic, timeout, load_timeout, memory_mb, n_rows, n_candidates, output_cap_bytes, worker_options)
+
+        def open_worker():
+            return ModelWorker(
+                package_dir,
+                timeout=timeout,
+                load_timeout=load_timeout,
+                memory_mb=memory_mb,
+                output_cap_bytes=output_cap_bytes,
+                copy_package=False,  # already a private extraction
+                **(worker_options or {}),
+            )
+
+        _run_model_checks(report, open_worker, spec, semantic, n_rows, n_candidates, output_cap_bytes)
     return report

@@ -576,6 +576,20 @@ def read_manifest(zip_path, scan: ArchiveScan, limits: Optional[PackageLimits] =
     return manifest
 
 
+def read_any_manifest(zip_path, scan: ArchiveScan, limits: Optional[PackageLimits] = None):
+    """The 'manifest' check for either kind of learnware: a Python one (``Manifest``: a model class in
+    __init__.py) or an ONNX one (``onnx_kind.OnnxManifest``: ``model: {kind: onnx, file: ...}``, no code)."""
+    from learnware_cli.market import onnx_kind
+
+    limits = limits or PackageLimits()
+    if not scan.has(MANIFEST_FILE):
+        return read_manifest(zip_path, scan, limits)  # its message
+    raw = load_manifest_yaml(_read_text(zip_path, scan, MANIFEST_FILE, limits.max_text_bytes, "manifest"))
+    if onnx_kind.model_kind(raw) == "onnx":
+        return onnx_kind.read_onnx_manifest(zip_path, scan, limits)
+    return read_manifest(zip_path, scan, limits)
+
+
 def read_spec(zip_path, scan: ArchiveScan, manifest: Manifest, limits: Optional[PackageLimits] = None):
     """Parse the spec JSON into a Specification by its "type" (the 'spec' check's parse step)."""
     from learnware_cli.errors import SpecError

@@ -151,6 +151,7 @@ def _internal(zip_path: Path, exc: Exception) -> SubmitOutcome:
 
 def _record_fields(report, package_bytes: int, options: _Options) -> dict:
     fields = stored_record_fields(report.semantic, report.rkme, package_bytes)
+    fields["model_kind"] = report.package.get("kind", "python")  # reuse runs an ONNX graph in-process, a Python model in a worker
     if report.update.get("breaking_changes"):
         fields["breaking"] = True
     if options.price is not None:

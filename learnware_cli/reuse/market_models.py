@@ -293,9 +293,13 @@ def _start(plan: _Planned, scratch: Path, settings: dict, user_spec=None) -> tup
     task, output_dim = _contract_of(plan.semantic)
     spec = plan.column_map.spec if plan.column_map is not None else load_spec(plan.folder / "rkme.json")
     own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
-    package = extract_package(_verified_copy(plan, own), own / "package")
-    # copy_package=False: this extraction is private to the worker already
-    worker = ModelWorker(package, copy_package=False, **settings)
+    copy = _verified_copy(plan, own)
+    onnx = _onnx_model(copy, settings)  # a graph, run here by onnxruntime: no submitted code runs
+    if onnx is not None:
+        worker = onnx
+    else:
+        # copy_package=False: this extraction is private to the worker already
+        worker = ModelWorker(extract_package(copy, own / "package"), copy_package=False, **settings)
     try:
         model = WorkerModel(worker, worker.start(), task, output_dim)
         if plan.column_map is not None and not plan.column_map.identity:
@@ -308,6 +312,21 @@ def _start(plan: _Planned, scratch: Path, settings: dict, user_spec=None) -> tup
     except BaseException:
         worker.close()
         raise
+
+
+def _onnx_model(copy: Path, settings: dict):
+    """An ONNX learnware's model from its verified package copy (validated again: the graph is input),
+    or None for a Python learnware. The kind is read from the package itself, so records that do not
+    say it (rebuilt by `lw reindex`) are served right."""
+    from learnware_cli.market import onnx_kind
+    from learnware_cli.market.package import read_any_manifest, scan_archive
+
+    scan = scan_archive(copy)
+    manifest = read_any_manifest(copy, scan)
+    if not isinstance(manifest, onnx_kind.OnnxManifest):
+        return None
+    data = onnx_kind.read_onnx_model(copy, scan, manifest)
+    return onnx_kind.OnnxModel(data, threads=1, input_shape=manifest.input_shape, output_shape=manifest.output_shape, timeout=settings.get("timeout"))
 
 
 def _start_all(planned: list[_Planned], scratch: Path, settings: dict, user_spec=None) -> list[Future]:
