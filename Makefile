@@ -37,9 +37,9 @@ demo: install
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK)
 	$(LW) init $(DEMO_MARKET) --name demo
 	$(BIN)/python -m learnware_cli.experiment.demo_data $(DEMO_WORK)
-	@# developers: pack each model with its RKME and tags, then submit them all (checks run in parallel)
+	@# developers: pack each model as a code-free ONNX learnware with its RKME and tags, then submit them all
 	for dev in $(DEMO_WORK)/dev_*; do \
-	  $(LW) pack --model $$dev/model.joblib --data $$dev/X.csv --market $(DEMO_MARKET) \
+	  $(LW) pack --model $$dev/model.joblib --onnx --data $$dev/X.csv --market $(DEMO_MARKET) \
 	    --name "sales model $$(basename $$dev)" --task Regression --scenario Business \
 	    --description "gradient boosting on region $$(basename $$dev)" --out $$dev/learnware.zip || exit 1; \
 	done

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import joblib
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble import GradientBoostingRegressor
 
     rng = np.random.default_rng(args.seed)
     regions = make_regions(args.developers, DIM, seed=args.seed)
@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         y = region.target(x)
         write_csv(folder / "X.csv", x, header)
         write_csv(folder / "y.csv", y)
-        model = HistGradientBoostingRegressor(max_iter=150, random_state=args.seed).fit(x, y)
+        # converts to ONNX (the demo packs code-free learnwares); skl2onnx 1.20 cannot convert
+        # HistGradientBoosting fitted by this scikit-learn (its tree node ids are uint32)
+        model = GradientBoostingRegressor(n_estimators=150, max_depth=3, random_state=args.seed).fit(x, y)
         joblib.dump(model, folder / "model.joblib")
     proportions = [0.6, 0.4] + [0.0] * (args.developers - 2)
     x, y, _ = sample_mixture(regions, proportions, 1000, rng)

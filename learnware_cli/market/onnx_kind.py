@@ -971,9 +971,7 @@ def convert_sklearn(
             data = _convert_once(estimator, n_features, current, classes)
         except ConversionError as exc:
             problems.append(f"{current}: {exc.message}")
-            if "cannot convert" in exc.message:
-                break  # no converter: the other dtype will not help
-            continue
+            continue  # the other dtype may convert (tree ensembles convert in float32 only)
         if dtype == "auto" and current == "float64" and not tried_trees and _has_tree_ensemble(data):
             tried_trees = True
             order = ["float32", "float64"]
