@@ -270,6 +270,53 @@ def bench_submit() -> None:
         record("submit", "cold `lw submit` of 1 package", statistics.median(times), "whole process, checks included")
 
 
+def bench_onnx() -> None:
+    """The same scikit-learn models as Python and as ONNX packages: submit throughput, reuse latency, agreement."""
+    import joblib
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+
+    from learnware_cli.market.onnx_kind import pack_estimator_onnx
+    from learnware_cli.market.pack import pack_sklearn
+    from learnware_cli.market.semantic import build_semantic
+    from learnware_cli.market.store import Market
+    from learnware_cli.market.submit import submit_packages
+    from learnware_cli.reuse.market_models import open_learnwares
+    from learnware_cli.rkme import fit_rkme
+
+    count = 6 if ARGS.quick else 12
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        zips = {"python": [], "onnx": []}
+        for i in range(count):
+            x = rng.normal(size=(500, 8)) + i
+            y = x @ rng.normal(size=8) + np.sin(x[:, 0])
+            model = (Ridge() if i % 2 else GradientBoostingRegressor(n_estimators=50, random_state=0)).fit(x, y)
+            joblib.dump(model, Path(tmp) / f"m{i}.joblib")
+            fit_rkme(x, k=50).save(Path(tmp) / f"s{i}.json")
+            semantic = build_semantic(f"bench {i}", "", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", 8, 1)
+            zips["python"].append(pack_sklearn(Path(tmp) / f"m{i}.joblib", Path(tmp) / f"s{i}.json", semantic, Path(tmp) / f"p{i}.zip"))
+            zips["onnx"].append(pack_estimator_onnx(model, Path(tmp) / f"s{i}.json", semantic, Path(tmp) / f"o{i}.zip"))
+        x_user = rng.normal(size=(1000, 8))
+        predictions = {}
+        for kind, packages in zips.items():
+            market = Market.create(Path(tmp) / f"market-{kind}", k=50)
+            started = time.perf_counter()
+            outcomes = submit_packages(market, packages, jobs=2)
+            seconds = time.perf_counter() - started
+            assert all(o.accepted for o in outcomes)
+            record("onnx", f"submit {count} packages as {kind}, 2 jobs", seconds, f"{count / seconds:.2f} packages/s")
+            refs = [(o.id, None, 1.0) for o in outcomes]
+            started = time.perf_counter()
+            with open_learnwares(market, refs) as loaded:
+                opened = time.perf_counter() - started
+                predictions[kind] = np.stack([lw.model.predict(x_user) for lw in loaded])
+            total = time.perf_counter() - started
+            record("onnx", f"reuse {count} {kind} learnwares on 1000 rows", total, f"start {opened:.2f} s, then predict")
+        gap = float(np.max(np.abs(predictions["onnx"] - predictions["python"])))
+        record("onnx", "ONNX and Python predictions agree", 0.0, f"largest difference {gap:.1e} (target <= 1e-5)")
+
+
 def bench_sandbox() -> None:
     """What the sandbox costs per model worker: its own setup, and a whole worker start with and without it."""
     import joblib
@@ -321,6 +368,7 @@ SECTIONS = {
     "cross": bench_cross,
     "submit": bench_submit,
     "sandbox": bench_sandbox,
+    "onnx": bench_onnx,
 }
 
 
