@@ -9,7 +9,7 @@ export LW_JAX_CACHE ?= $(CURDIR)/.jax_cache
 
 INSTALLED := $(VENV)/.lw-installed
 
-.PHONY: install test test-slow bench demo experiment experiment-quick experiment-multimodal experiment-multimodal-quick clean
+.PHONY: install test test-slow bench demo experiment experiment-quick experiment-multimodal experiment-multimodal-quick experiment-anchors experiment-anchors-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,13 @@ experiment-multimodal: install
 
 experiment-multimodal-quick: install
 	$(BIN)/python -m learnware_cli.experiment.multimodal --out experiment-multimodal-out --quick
+
+# anchor learnwares (users with a few labels and no RKME) vs RKME search, on the flights market
+experiment-anchors: install
+	$(BIN)/python -m learnware_cli.experiment.anchors_experiment --out experiment-anchors-out
+
+experiment-anchors-quick: install
+	$(BIN)/python -m learnware_cli.experiment.anchors_experiment --out experiment-anchors-out --quick
 
 clean:
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK) .jax_cache .pytest_cache $(INSTALLED)
