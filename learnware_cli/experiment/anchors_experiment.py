@@ -38,8 +38,6 @@ OUT/packages and OUT/work are recreated on every run).
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -507,19 +505,11 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
     from learnware_cli.experiment.flights_data import load_flights
     from learnware_cli.market import anchors as lib
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("market", "packages", "work"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    rcfg = run_config(cfg)
-    timings = {}
-    started = last = time.monotonic()
+    from learnware_cli.experiment.command import Laps, fresh_out
 
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.monotonic()
-        timings[name] = now - last
-        last = now
+    out = fresh_out(out)
+    rcfg = run_config(cfg)
+    lap = Laps()
 
     with threadpool_limits(1):
         data = load_flights()
@@ -556,7 +546,7 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
             seeds = evaluate_user(u_number, user, data, P, column_of_member, found.distances, anchor_sets, rkme_order, own, cfg)
             records.append({"name": user.name, "kind": user.kind, "group": user.groups[0], "rkme_order": rkme_order, "seeds": seeds})
         lap("evaluate")
-    timings["total"] = time.monotonic() - started
+    timings = lap.finish()
     info = {"bank_rows": int(len(found.bank)), "groups": groups}
     table = write_outputs(out, cfg, data, developers, new_groups, records, anchor_names, info, timings, quick)
     log("")

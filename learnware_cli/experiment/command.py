@@ -32,3 +32,35 @@ def run_from_command_line(argv: Optional[list], doc: str, default_out: str, quic
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
         raise
+
+
+class Laps:
+    """Seconds per stage of an experiment: ``lap("market")`` closes the stage that just ended;
+    ``timings`` maps stage -> seconds, and ``finish()`` adds the total."""
+
+    def __init__(self):
+        import time
+
+        self._clock = time.monotonic
+        self.timings: dict = {}
+        self.started = self.last = self._clock()
+
+    def __call__(self, name: str) -> None:
+        now = self._clock()
+        self.timings[name] = now - self.last
+        self.last = now
+
+    def finish(self) -> dict:
+        self.timings["total"] = self._clock() - self.started
+        return self.timings
+
+
+def fresh_out(out) -> Path:
+    """The experiment's output folder, without the market, packages and work of an earlier run."""
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("market", "packages", "work"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    return out

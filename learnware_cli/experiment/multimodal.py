@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -678,18 +677,10 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
 
     from learnware_cli.experiment.multimodal_data import load_multimodal
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("market", "packages", "work"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    timings = {}
-    started = last = time.monotonic()
+    from learnware_cli.experiment.command import Laps, fresh_out
 
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.monotonic()
-        timings[name] = now - last
-        last = now
+    out = fresh_out(out)
+    lap = Laps()
 
     with threadpool_limits(1):
         data = load_multimodal()
@@ -706,7 +697,7 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
         lap("workers")
         per_user = evaluate(data, users, developers, answers, maps, user_specs, cfg)
         lap("reuse")
-    timings["total"] = time.monotonic() - started
+    timings = lap.finish()
     md = write_outputs(out, cfg, data, developers, per_user, timings, quick)
     log("")
     log("\n".join(md[2:13]))

@@ -34,8 +34,6 @@ folders OUT/market, OUT/packages and OUT/work are recreated on every run).
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -824,18 +822,10 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
 
     from learnware_cli.experiment.flights_data import load_flights
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for sub in ("market", "packages", "work"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    timings = {}
-    started = last = time.monotonic()
+    from learnware_cli.experiment.command import Laps, fresh_out
 
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.monotonic()
-        timings[name] = now - last
-        last = now
+    out = fresh_out(out)
+    lap = Laps()
 
     # One thread per library: the machine is small and BLAS/OpenMP threads fighting
     # JAX's pool (and the workers) made model fits many times slower.
@@ -859,7 +849,7 @@ def run(out: Path, cfg: Config, quick: bool = False) -> dict:
         pair_records = evaluate_pairs(data, pairs, developers, P, specs, user_specs, cfg)
         log(f"mixture searches compared on {len(pairs)} pair users")
         lap("pairs")
-    timings["total"] = time.monotonic() - started
+    timings = lap.finish()
     table = write_outputs(out, cfg, data, developers, per_user, pair_records, timings, quick)
     log("")
     log(table)
