@@ -167,3 +167,10 @@ def test_search_by_anchor_scores_finds_the_users_learnware(linear_market, lw_jso
     assert hits >= 2
     code, doc = lw_json("search", "--market", root / "market", "--anchor-scores", tmp_path / "scores.json", "--spec", tmp_path / "scores.json")
     assert code == 2 and "leave out --spec" in doc["message"]
+
+
+def test_a_measured_anchor_beats_a_worse_prediction():
+    order = np.array([2, 0, 1])
+    implied, residual = np.array([0.5, 0.4, 0.1]), np.array([0.0, 0.0, 0.01])  # top pick predicted 0.1 + 0.1
+    assert A.trust_measured(order, implied, residual, [0, 1], np.array([0.15, 0.9])).tolist() == [0, 2, 1]
+    assert A.trust_measured(order, implied, residual, [0, 1], np.array([0.35, 0.9])).tolist() == [2, 0, 1]

@@ -141,12 +141,13 @@ def anchor_round(D: np.ndarray, scored: list, labeled_losses: np.ndarray, baseli
     misfit_only (a diagnostic): rank by rank_by_scores's residual r_l alone instead of r_l + s_l^2
     (the s_l^2 term penalises the implied loss, i.e. the noise in her labels, of the right learnware).
     """
-    from learnware_cli.market.anchors import rank_by_scores
+    from learnware_cli.market.anchors import rank_by_scores, trust_measured
 
     losses = labeled_losses[scored]
     order, implied, residual = rank_by_scores(D[:, scored], losses)
     if misfit_only:
         order = np.lexsort((np.arange(len(residual)), residual))
+    order = trust_measured(order, implied, residual, scored, losses)  # as the market's search_by_scores does
     best = order[0]
     indicator = float((implied[best] + np.sqrt(residual[best])) / baseline) if baseline > 0 else float("nan")
     return order, indicator
