@@ -251,6 +251,19 @@ def _read_only(folder: Path) -> bool:
         return False
 
 
+def read_json_file(path, what: str):
+    """A user's JSON file (a search result, anchor scores): the parsed document, or one-line
+    InputError: "PATH: no such file" / "PATH: not WHAT (why)"."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not {what} ({exc})") from None
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write a text file whole or not at all (temp file + rename), creating parent folders.
 

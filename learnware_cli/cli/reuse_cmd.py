@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -199,13 +198,9 @@ def _refs(learnware: List[str], from_search: Optional[Path], use: Optional[str],
         raise InputError("name the learnwares with --learnware ID[@V] (repeatable) or --from SEARCH.json, not both")
     if learnware:
         return [(*parse_learnware_ref(text), 1.0) for text in learnware]
-    try:
-        doc = json.loads(Path(from_search).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{from_search}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{from_search}: not a JSON search result ({exc})") from None
-    return refs_from_search_json(doc, use=use, k=top)
+    from learnware_cli.data_io import read_json_file
+
+    return refs_from_search_json(read_json_file(from_search, "a JSON search result"), use=use, k=top)
 
 
 def _user_spec(output: Output, market, rows):

@@ -45,7 +45,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,12 +302,9 @@ def scores_document(market, task: str, dim: int, scores: dict, baseline: float, 
 
 def read_scores(path) -> dict:
     """A scores file, checked: one-line InputError for anything else."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not an anchor scores file ({exc})") from None
+    from learnware_cli.data_io import read_json_file
+
+    doc = read_json_file(path, "an anchor scores file")
     if not isinstance(doc, dict) or doc.get("format") != SCORES_FORMAT:
         raise InputError(f"{path}: not an anchor scores file (expected format {SCORES_FORMAT!r}; make it with `lw anchors --evaluate`)")
     scores = doc.get("scores")

@@ -1036,7 +1036,7 @@ def pack_onnx(onnx_bytes: bytes, spec_path, semantic: dict, out_zip, requirement
     by convert_sklearn) or as their positions. Regression: Output.Dimension
     must equal the output width. InputError for mismatches.
     """
-    from learnware_cli.market.pack import SPEC_FILE, _entry
+    from learnware_cli.market.pack import SPEC_FILE, write_zip
     from learnware_cli.market.semantic import validate_semantic
     from learnware_cli.specs import load_spec
 
@@ -1085,7 +1085,7 @@ def pack_onnx(onnx_bytes: bytes, spec_path, semantic: dict, out_zip, requirement
         pkg.SEMANTIC_FILE: json.dumps(semantic, indent=2, ensure_ascii=False).encode(),
         "requirements.txt": _requirements_text(requirements).encode(),
     }
-    _write_members(out_zip, members, _entry)
+    write_zip(out_zip, members)
     return out_zip
 
 
@@ -1097,25 +1097,6 @@ def _class_names(info: OnnxInfo, n_classes: int) -> list:
     if isinstance(names, list) and len(names) == n_classes:
         return [str(n) for n in names]
     return [str(i) for i in range(n_classes)]
-
-
-def _write_members(out_zip: Path, members: dict, entry) -> None:
-    """pack._write_zip's atomic, deterministic writing, for members given as bytes."""
-    import os
-    import tempfile
-    import zipfile
-
-    out_zip.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".lw-pack-", suffix=".zip", dir=out_zip.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members.items():
-                zf.writestr(entry(name), data)
-        os.replace(tmp, out_zip)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pack_estimator_onnx(estimator, spec_path, semantic: dict, out_zip, requirements=None, dtype: str = "auto") -> Path:

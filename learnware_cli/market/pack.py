@@ -200,11 +200,14 @@ def pack_sklearn(
         "semantic_specification.json": json.dumps(semantic, indent=2, ensure_ascii=False).encode(),
         "requirements.txt": _requirements_text(requirements, values).encode(),
     }
-    _write_zip(out_zip, members, model_path)
+    members[MODEL_FILE] = model_path.read_bytes()
+    write_zip(out_zip, members)
     return out_zip
 
 
-def _write_zip(out_zip: Path, members: dict, model_path: Path) -> None:
+def write_zip(out_zip: Path, members: dict) -> None:
+    """Write members ({name: bytes}, in order) as a zip at out_zip, atomically and byte-for-byte
+    deterministically (fixed dates and modes: packs of the same inputs are identical)."""
     out_zip.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".lw-pack-", suffix=".zip", dir=out_zip.parent)
     os.close(fd)
@@ -212,7 +215,6 @@ def _write_zip(out_zip: Path, members: dict, model_path: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, data in members.items():
                 zf.writestr(_entry(name), data)
-            zf.writestr(_entry(MODEL_FILE), model_path.read_bytes())
         os.replace(tmp, out_zip)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

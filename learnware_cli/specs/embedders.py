@@ -158,8 +158,10 @@ def get_embedder(spec: "str | Embedder | None" = None, **params: Any) -> Embedde
         raise InputError(f"embedder {spec!r}: bad parameters ({exc})") from None
 
 
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
+def check_documents(texts) -> list[str]:
+    """texts as a list of str; one-line InputError for a single string (or bytes), a non-iterable,
+    or an item that is not a str."""
+    if isinstance(texts, (str, bytes)):
         raise InputError("expected a list of documents, got a single string")
     try:
         texts = list(texts)
@@ -332,7 +334,7 @@ class HashedNgramEmbedder:
         ``_BATCH_DOCS`` documents to bound memory. Not thread-safe (one embedder
         per thread).
         """
-        texts = _check_texts(texts)
+        texts = check_documents(texts)
         if len(texts) > _BATCH_DOCS:
             return np.vstack([self._embed(texts[i : i + _BATCH_DOCS]) for i in range(0, len(texts), _BATCH_DOCS)])
         return self._embed(texts)
@@ -468,7 +470,7 @@ class SentenceTransformerEmbedder:
         self._batch_size = int(batch_size)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        texts = _check_texts(texts)
+        texts = check_documents(texts)
         if not texts:
             return np.zeros((0, self.dim))
         vectors = self._model.encode(

@@ -301,16 +301,9 @@ def _parse_embedder(raw, dim: int, source: str) -> EmbedderInfo:
 
 
 def _documents(texts) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise InputError("expected a list of documents, got a single string")
-    try:
-        docs = list(texts)
-    except TypeError:
-        raise InputError(f"expected a list of documents, got {type(texts).__name__}") from None
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, str):
-            raise InputError(f"document {i} is a {type(doc).__name__}, not a string")
-    docs = [doc for doc in docs if doc.strip()]
+    from learnware_cli.specs.embedders import check_documents
+
+    docs = [doc for doc in check_documents(texts) if doc.strip()]
     if not docs:
         raise InputError("no text to fit a specification on (no non-blank document)")
     return docs
