@@ -61,14 +61,14 @@ def reuse(
     _check_flags(from_search, use, top, out)
     opened = open_market(market)
     refs = _refs(learnware, from_search, use, top)
-    method = method or default_method(len(refs), labeled is not None, infer_kind(data, kind, text_column))
+    kind = infer_kind(data, kind, text_column)
+    method = method or default_method(len(refs), labeled is not None, kind)
     reuser_class = get_method(method)
     if needs_labels(method) and labeled is None:
         raise InputError(f"--method {method} learns from your labels: add --labeled X.csv y.csv")
     if out is None and evaluate is None:
         raise InputError("nothing to do: give --out PRED.csv to save the predictions and/or --evaluate y.csv to score them")
     # missing / infinite cells get their column's mean, as in the RKME the search matched
-    kind = infer_kind(data, kind, text_column)
     read = read_data(data, kind, text_column)
     rows = read.values
     train = None
@@ -223,10 +223,7 @@ def _user_columns(output: Output, market, read, columns: Optional[str]):
         return None
     if semantic["Input"]["Dimension"] != read.values.shape[1]:
         raise InputError(f"--columns names {semantic['Input']['Dimension']} column(s) but your data has {read.values.shape[1]}")
-    from learnware_cli.market.features import build_vocabulary, features_of
-
-    features = features_of(semantic, build_vocabulary(market.entries()))
-    return UserColumns(features, spec=lambda: _user_spec(output, market, read.values))
+    return UserColumns.described(market, semantic, spec=lambda: _user_spec(output, market, read.values))
 
 
 def _start_models(stack, output: Output, market, refs: list, timeout: Optional[float], input_dim: int, user_columns=None):

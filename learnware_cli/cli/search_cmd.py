@@ -86,7 +86,7 @@ def search(
         if labeled_rows is not None and labeled_rows.x.shape[1] != rows.shape[1]:
             raise InputError(f"--labeled: {labeled_rows.x_path} has {labeled_rows.x.shape[1]} columns but {data} has {rows.shape[1]}")
         if user_semantic is None and table_read.header:
-            user_semantic = user_columns_semantic(",".join(table_read.header), None, split=False, header=table_read.header)
+            user_semantic = user_columns_semantic(None, None, header=table_read.header)
         if table_read.replaced:
             output.note(f"note: {table_read.replaced} missing or infinite cell(s) of {data} replaced by column means")
         with output.progress("fitting your RKME locally", total=1) as update:
@@ -218,13 +218,11 @@ def labeled_user_columns(market, labeled: LabeledRows, columns: Optional[str], s
     width = labeled.x.shape[1]
     if described["Input"].get("Dimension") != width:
         raise InputError(f"--labeled: your columns are described as {described['Input'].get('Dimension')} but {labeled.x_path} has {width}")
-    from learnware_cli.market.features import build_vocabulary, features_of
-
     # no RKME of the labeled rows: it would only serve the job selector, which the check does not use
-    return UserColumns(features_of(described, build_vocabulary(market.entries())), spec=None)
+    return UserColumns.described(market, described)
 
 
-def user_columns_semantic(columns: Optional[str], semantic: Optional[Path], split: bool = True, header=None) -> Optional[dict]:
+def user_columns_semantic(columns: Optional[str], semantic: Optional[Path], header=None) -> Optional[dict]:
     """The semantic Input block describing the user's columns, from --columns, --semantic or a CSV header."""
     from learnware_cli.errors import InputError
 

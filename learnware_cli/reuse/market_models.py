@@ -61,6 +61,13 @@ class UserColumns:
             self.spec = self.spec()
         return self.spec
 
+    @classmethod
+    def described(cls, market: Market, semantic: dict, spec=None) -> "UserColumns":
+        """Her columns as described by a semantic Input block, matched to the market's features."""
+        from learnware_cli.market.features import build_vocabulary, features_of
+
+        return cls(features_of(semantic, build_vocabulary(market.entries())), spec=spec)
+
 # Workers load in threads: start-up is mostly the child importing its libraries,
 # so a few at once overlap that wait without flooding a small machine.
 MAX_PARALLEL_STARTS = 4
