@@ -33,6 +33,8 @@ def spec(
     """Fit the RKME specification of a data file (the data never leaves this machine).
 
     Example: lw spec train.csv --market ./market --out rkme.json
+
+    Example: lw spec reviews.csv --text-column review --market ./market --out texts.json  (images: lw spec photos/ ...)
     """
     import numpy as np
 

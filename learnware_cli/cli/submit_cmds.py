@@ -74,6 +74,8 @@ def pack(
     """Pack a scikit-learn model, its RKME and its semantic specification into a learnware zip.
 
     Example: lw pack --model model.joblib --data train.csv --market ./market --name "Store 7 sales" --task Regression --scenario Business --out store7.zip
+
+    Example: lw pack --model model.joblib --onnx --data train.csv --market ./market --name "Store 7 sales" --task Regression --out store7.zip  (code-free)
     """
     from learnware_cli.errors import InputError
     from learnware_cli.market.semantic import build_semantic
