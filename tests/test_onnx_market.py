@@ -7,6 +7,7 @@ import json
 import joblib
 import numpy as np
 import pytest
+from conftest import read_index
 
 
 @pytest.fixture()
@@ -79,7 +80,7 @@ def test_an_onnx_package_with_a_bad_graph_is_rejected_in_one_line_and_the_market
 
     assert lw_json("init", models / "market")[0] == 0
     good = _pack(lw_json, models, "ridge", "Regression", "--onnx")
-    before = json.loads((models / "market" / "index.json").read_text())
+    before = read_index(models / "market")
     with zipfile.ZipFile(good) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     members["model.onnx"] = members["model.onnx"][: len(members["model.onnx"]) // 2]  # truncated
@@ -89,7 +90,7 @@ def test_an_onnx_package_with_a_bad_graph_is_rejected_in_one_line_and_the_market
             archive.writestr(name, data)
     code, doc = lw_json("submit", bad, "--market", models / "market")
     assert code == 3 and doc["rejected"][0]["check"] == "model-load" and "\n" not in doc["rejected"][0]["reason"], doc
-    assert json.loads((models / "market" / "index.json").read_text())["learnwares"] == before["learnwares"]
+    assert read_index(models / "market")["learnwares"] == before["learnwares"]
 
 
 def test_an_exported_onnx_model_packs_with_onnx_model(models, lw_json):

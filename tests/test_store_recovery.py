@@ -21,6 +21,7 @@ from learnware_cli.experiment.synthetic import spec_only_semantic
 from learnware_cli.market import store
 from learnware_cli.market.store import Market, stored_record_fields
 from learnware_cli.rkme.spec import RKMESpec
+from conftest import read_index, write_index
 
 GAMMA = 0.1
 DIM = 3
@@ -56,13 +57,13 @@ def market(tmp_path) -> Market:
 
 
 def _index(market: Market) -> dict:
-    return json.loads((market.root / "index.json").read_text())
+    return read_index(market.root)
 
 
 def _edit_index(market: Market, change) -> None:
     index = _index(market)
     change(index)
-    (market.root / "index.json").write_text(json.dumps(index))
+    write_index(market.root, index)
 
 
 def _folders(market: Market) -> set[str]:
@@ -128,7 +129,7 @@ def test_each_version_folder_holds_its_record(market):
 @pytest.mark.parametrize("damage", ["garbage", "missing", "binary"])
 def test_plain_reindex_rebuilds_a_damaged_index_from_the_folders(market, lw, lw_json, damage):
     before = _index(market)
-    path = market.root / "index.json"
+    path = market.root / "index.sqlite"
     if damage == "missing":
         path.unlink()
     else:
@@ -155,7 +156,7 @@ def test_rebuild_flag_rebuilds_a_readable_index_and_reports_it(market, lw, lw_js
     assert code == 0 and doc["rebuilt"]["reason"].startswith("requested")
     assert _index(market)["learnwares"] == before["learnwares"]
     code, out, _ = lw("reindex", "--rebuild", "--market", market.root)
-    assert code == 0 and "Rebuilt index.json from the version folders" in out
+    assert code == 0 and "Rebuilt the index from the version folders" in out
 
 
 def test_rebuild_reconstructs_older_folders_and_skips_incomplete_ones(market, lw_json):
@@ -166,7 +167,7 @@ def test_rebuild_reconstructs_older_folders_and_skips_incomplete_ones(market, lw
     (broken / "rkme.json").unlink()  # incomplete: must be reported and left alone
     stray = market.root / "learnwares" / "not-an-id" / "v1"
     stray.mkdir(parents=True)
-    (market.root / "index.json").write_text("{")
+    (market.root / "index.sqlite").write_text("{")
     code, doc = lw_json("reindex", "--rebuild", "--market", market.root)
     assert code == 0, doc
     rebuilt = doc["rebuilt"]
@@ -215,8 +216,8 @@ def _hostile_id(index):
     index["learnwares"]["../../x"] = dict(index["learnwares"]["00000002"], id="../../x")
 
 
-def _mismatched_key(index):
-    index["learnwares"]["00000002"]["id"] = "00000001"
+def _orphan_versions(index):
+    index["learnwares"]["00000002"]["_no_learnware_row"] = True  # its versions stay, its learnware row is lost
 
 
 def _versions_not_increasing(index):
@@ -236,12 +237,16 @@ def _next_id_too_low(index):
 
 
 @pytest.mark.parametrize(
-    "damage", [_hostile_id, _mismatched_key, _versions_not_increasing, _version_not_a_number, _version_zero, _next_id_too_low]
+    "damage, damaged_id",
+    [(_hostile_id, "../../x"), (_orphan_versions, None), (_versions_not_increasing, "00000001"), (_version_not_a_number, "00000002"),
+     (_version_zero, "00000002"), (_next_id_too_low, None)],
 )
-def test_an_inconsistent_index_is_a_corrupt_index(market, lw_json, damage):
+def test_an_inconsistent_index_is_a_corrupt_index(market, lw_json, damage, damaged_id):
+    """Reading the whole index (list) finds any damage; a command on a damaged entry finds its damage. Nothing is deleted."""
     _edit_index(market, damage)
     folders = _folders(market)
-    for args in (["list"], ["show", "00000002"], ["remove", "00000002"]):
+    commands = [["list"]] + ([["show", damaged_id], ["remove", damaged_id]] if damaged_id else [])
+    for args in commands:
         code, doc = lw_json(*args, "--market", market.root)
         assert code == EXIT_MARKET and "corrupt index" in doc["message"] and "lw reindex --rebuild" in doc["message"], args
     assert _folders(market) == folders
@@ -274,18 +279,20 @@ def test_sweep_keeps_unlisted_folders_without_a_leftover_mark(market, lw_json):
 
 
 def test_a_killed_submitters_folder_is_swept_and_its_slot_reused(market, tmp_path, monkeypatch):
+    from learnware_cli.market import catalog
+
     def killed(*args, **kwargs):
-        raise KeyboardInterrupt  # dies after the rename, before the index write
+        raise KeyboardInterrupt  # dies after the rename, before the commit
 
     with monkeypatch.context() as patched:
-        patched.setattr(store, "atomic_write_text", killed)
+        patched.setattr(catalog, "put_version", killed)
         with pytest.raises(KeyboardInterrupt):
             _add(market, tmp_path, 5)
     leftover = market.version_dir("00000003", 1)
     assert (leftover / store.PENDING_MARK).exists() and "00000003" not in market.read_index()["learnwares"]
     assert market.sweep().removed == ["learnwares/00000003/v1"]
     with monkeypatch.context() as patched:
-        patched.setattr(store, "atomic_write_text", killed)
+        patched.setattr(catalog, "put_version", killed)
         with pytest.raises(KeyboardInterrupt):
             _add(market, tmp_path, 6)
     entry, _ = _add(market, tmp_path, 7)  # the next submit takes the same slot over the leftover
@@ -323,11 +330,18 @@ def _fail(code: int, filename=None):
 
 def test_a_read_only_index_write_is_one_line_and_changes_nothing(market, lw, monkeypatch):
     before = _index(market)
-    monkeypatch.setattr(store, "atomic_write_text", _fail(errno.EROFS, market.root / "index.json"))
+    import sqlite3
+
+    from learnware_cli.market import catalog
+
+    def read_only(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(catalog.Catalog, "write", read_only)
     code, out, err = lw("remove", "00000001@1", "--market", market.root)
     assert code == EXIT_MARKET and "Traceback" not in err
     line = " ".join(err.split())  # rich may wrap the one line to the terminal
-    assert "Read-only file system" in line and "index.json" in line
+    assert "readonly database" in line and "index.sqlite" in line
     assert _index(market) == before
     assert not (market.version_dir("00000001", 1) / store.REMOVED_MARK).exists()
 
@@ -350,7 +364,7 @@ def test_init_on_a_read_only_folder_is_one_line(tmp_path, lw_json, monkeypatch):
 
 
 def test_any_uncaught_os_error_is_one_line_with_exit_5(market, lw, monkeypatch):
-    monkeypatch.setattr(Market, "entries", _fail(errno.EACCES, market.root / "index.json"))
+    monkeypatch.setattr(Market, "_reading", _fail(errno.EACCES, market.root / "index.sqlite"))
     code, out, err = lw("list", "--market", market.root)
     assert code == EXIT_MARKET and "Traceback" not in err
     assert "Permission denied" in " ".join(err.split())
@@ -375,25 +389,40 @@ def test_a_really_read_only_market(market, lw, tmp_path, monkeypatch):
 # -- 6. a market that cannot be written can still be searched --------------------------------------
 
 
-def test_search_builds_the_cache_elsewhere_when_the_market_is_read_only(market, tmp_path, monkeypatch):
-    from learnware_cli.search import cache
+def test_search_writes_nothing_into_the_market(market, tmp_path):
+    """A search reads the catalog and the segments; a market on a read-only share serves it unchanged."""
     from learnware_cli.search.engine import search
 
-    monkeypatch.setenv("LW_SEARCH_CACHE", str(tmp_path / "user-cache"))
-    savez = np.savez
+    def state():
+        return {p.relative_to(market.root).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size) for p in market.root.rglob("*")}
 
-    def read_only_market(path, **arrays):
-        if market.root in Path(path).parents:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return savez(path, **arrays)
-
-    monkeypatch.setattr(cache.np, "savez", read_only_market)
+    before = state()
     found = search(market, _spec(3), k=1).single
     assert found[0]["id"] == "00000002"
-    assert not list(market.root.glob("cache/*.npz"))
-    assert len(list((tmp_path / "user-cache").glob("*/stack-d3.npz"))) == 1
-    assert search(market, _spec(3), k=1).single[0]["id"] == "00000002"  # served from the user's cache
-
-    monkeypatch.setattr(cache.np, "savez", _fail(errno.EROFS))  # nowhere to write: in memory
+    assert search(Market.open(market.root), _spec(3), k=1).single[0]["id"] == "00000002"
+    assert state() == before
     _add(market, tmp_path, 10)
     assert search(market, _spec(10), k=1).single[0]["id"] == "00000003"
+
+
+# -- 7. a market written before the catalog is upgraded on first open --------------------------------
+
+
+def test_a_market_with_an_index_json_is_upgraded_keeping_exactly_what_it_listed(market, tmp_path):
+    """Older lw kept the index in index.json: the first open builds index.sqlite and the search segments from the
+    folders it lists, keeps next_id and every record field, and never adopts a folder a killed writer left pending."""
+    from learnware_cli.search.engine import search
+
+    before = _index(market)
+    leftover = market.version_dir("00000003", 1)  # a submitter killed before its index write
+    shutil.copytree(market.version_dir("00000002", 1), leftover)
+    (leftover / store.PENDING_MARK).touch()
+    (market.root / "index.json").write_text(json.dumps(before))
+    (market.root / "index.sqlite").unlink()
+    shutil.rmtree(market.root / "segments")
+
+    upgraded = Market.open(market.root)
+    after = upgraded.read_index()
+    assert after["learnwares"] == before["learnwares"] and after["next_id"] == before["next_id"]
+    assert search(upgraded, _spec(3), k=1).single[0]["id"] == "00000002"
+    assert upgraded.sweep().removed == ["learnwares/00000003/v1"]

@@ -17,6 +17,7 @@ import pytest
 import badpackages as bp
 from learnware_cli.errors import EXIT_NOT_FOUND, EXIT_REJECTED
 from learnware_cli.market.store import Market
+from conftest import read_index
 
 # the market-level subset of the corpus: one or more per check (test_checks.py runs every case)
 MARKET_CASES = [
@@ -46,7 +47,7 @@ def snapshot(root: Path) -> dict:
 
 
 def assert_valid_market(root: Path) -> dict:
-    index = json.loads((root / "index.json").read_text())
+    index = read_index(root)
     for entry in index["learnwares"].values():
         for record in entry["versions"]:
             folder = root / record["path"]

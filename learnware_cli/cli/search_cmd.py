@@ -361,7 +361,7 @@ def render_features(console, result, hint: str) -> None:
 
 def reindex(
     market: Optional[Path] = MARKET_OPTION,
-    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild index.json from the learnwares/ID/vN folders even if it reads fine."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild the index (index.sqlite) and search segments from the learnwares/ID/vN folders even if they read fine."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Repair a market: rebuild a missing or damaged index from its folders, delete killed writers' leftovers, rebuild the search cache.
@@ -378,10 +378,10 @@ def reindex(
         counts = rebuild_all(opened, progress=lambda done, total: update(done, total))
     lines = []
     if rebuilt is not None:
-        lines.append(f"Rebuilt index.json from the version folders ({rebuilt.reason}): {rebuilt.learnwares} learnware(s), {rebuilt.versions} version(s)")
+        lines.append(f"Rebuilt the index from the version folders ({rebuilt.reason}): {rebuilt.learnwares} learnware(s), {rebuilt.versions} version(s)")
         lines += [f"  reconstructed {note}" for note in rebuilt.reconstructed] + [f"  skipped {note}" for note in rebuilt.skipped]
         lines += [f"  the old index is kept as {rebuilt.backup}"] if rebuilt.backup else []
-    lines.append(f"Rebuilt search cache: {sum(counts.values())} spec(s) in {len(counts)} dimension group(s); removed {len(swept.removed)} leftover(s)")
+    lines.append(f"Compacted the search segments: {sum(counts.values())} spec(s) in {len(counts)} island(s); removed {len(swept.removed)} leftover(s)")
     lines += [f"  kept {note}" for note in swept.kept]
     output.emit(
         {

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,8 @@ FORMAT_VERSION = 1
 DEFAULT_MARKET_ENV = "LW_MARKET"
 LOCK_TIMEOUT_S = 120.0
 
-INDEX_FILE = "index.json"
+INDEX_FILE = "index.json"  # the index of markets before the catalog: upgraded on first write access
+CATALOG_FILE = "index.sqlite"
 STAGING = ".staging"
 BATCH_LOCK = ".held"  # in each staging batch, flocked by the writer that made it
 RECORD_FILE = "record.json"
@@ -213,6 +215,7 @@ class NewVersion:
     record_fields: dict
     update_id: Optional[str] = None
     checksum: Optional[str] = None  # sha256 of package.zip as the checks read it; the stored copy must match
+    spec: Any = None  # the parsed rkme.json, when the caller has it (else it is read from files["rkme.json"])
 
 
 @dataclass
@@ -248,6 +251,7 @@ class Market:
     def __init__(self, root: Path, config: dict):
         self.root = Path(root)
         self.config = config
+        self._catalog = None
 
     # -- opening and creating -------------------------------------------------
 
@@ -265,7 +269,26 @@ class Market:
             raise MarketError(f"{config_path}: unreadable market configuration (not a JSON object)")
         if config.get("format_version") != FORMAT_VERSION:
             raise MarketError(f"{config_path}: unsupported market format {config.get('format_version')!r}")
-        return cls(root, config)
+        market = cls(root, config)
+        if not (root / CATALOG_FILE).exists() and (root / INDEX_FILE).is_file():
+            market._upgrade_from_json()
+        return market
+
+    def _upgrade_from_json(self) -> None:
+        """A market written before the catalog: build index.sqlite and the search segments from what index.json lists.
+
+        Needs write access once; index.json stays beside the catalog (unused).
+        """
+        index = _read_json(self.root / INDEX_FILE)
+        try:
+            validate_index(index, self.root / INDEX_FILE)
+        except IndexDamaged:
+            index = None  # damaged: `lw reindex` adopts every complete folder
+        only = None if index is None else {(e["id"], r["version"]) for e in index["learnwares"].values() for r in e["versions"]}
+        try:
+            self.repair_index(force=True, only=only, reason="upgraded from index.json")
+        except MarketError as exc:
+            raise MarketError(f"{self.root}: written by an older lw (index.json); open it once with write access to upgrade it ({exc.message})") from None
 
     @classmethod
     def create(cls, root, name: Optional[str] = None, gamma: Optional[float] = None, k: Optional[int] = None) -> "Market":
@@ -304,7 +327,10 @@ class Market:
             (building / ".lock").touch()
             readme = template_text("README.md").replace("{name}", config["name"])
             (building / "README.md").write_text(readme, encoding="utf-8")
-            (building / INDEX_FILE).write_text(template_text("index.json"), encoding="utf-8")
+            from learnware_cli.market.catalog import Catalog
+
+            Catalog.create(building / CATALOG_FILE)
+            (building / "segments").mkdir()
             (building / "market.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
             if root.exists():
                 root.rmdir()  # empty, checked above
@@ -347,30 +373,69 @@ class Market:
 
     # -- index ----------------------------------------------------------------
 
-    def read_index(self, fresh: bool = False) -> dict:
-        """The parsed, validated index. Shared and read-only unless fresh=True (writers edit a fresh copy).
+    @property
+    def catalog(self):
+        """The index (``catalog.Catalog`` over index.sqlite), opened once per Market object."""
+        if self._catalog is None:
+            from learnware_cli.market.catalog import Catalog
 
-        Parsed copies are kept per (mtime, size) of index.json: a big market's
-        index is parsed once per change, not once per search. A missing,
-        unparsable or inconsistent index raises IndexDamaged.
-        """
-        path = self.root / INDEX_FILE
+            self._catalog = Catalog(self.root / CATALOG_FILE)
+        return self._catalog
+
+    def _catalog_error(self, exc) -> "IndexDamaged":
+        why = str(exc)
+        return IndexDamaged(self.root / CATALOG_FILE, why, "lw reindex" if why == "index missing" else "lw reindex --rebuild")
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator:
+        """A consistent read of the catalog (one SQLite read transaction); damage raises IndexDamaged."""
+        from learnware_cli.market.catalog import CatalogError
+
         try:
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-            if not fresh and key in _INDEX_CACHE:
-                return _INDEX_CACHE[key]
-            index = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise IndexDamaged(path, "index missing", "lw reindex") from None
+            with self.catalog.snapshot() as conn:
+                yield conn
+        except CatalogError as exc:
+            raise self._catalog_error(exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._catalog_error(f"corrupt index ({exc})") from None
         except OSError as exc:
             raise MarketError(f"cannot read the market index: {os_error_text(exc)}") from None
-        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, absurd nesting
-            raise IndexDamaged(path, f"corrupt index ({getattr(exc, 'msg', None) or type(exc).__name__})") from None
-        validate_index(index, path)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every write: derived caches keyed by it are current while it is unchanged."""
+        with self._reading() as conn:
+            return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def read_index(self, fresh: bool = False) -> dict:
+        """The whole index as one dict (learnwares table, next_id, generation): for commands that need every entry.
+
+        Commands that touch a few entries use ``entry``, ``page`` and ``count``.
+        The dict is built once per generation and shared read-only (fresh=True
+        gives a private copy). An index this module could not have written
+        raises IndexDamaged.
+        """
+        from learnware_cli.market.catalog import entry_from_rows
+
+        with self._reading() as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            key = (str(self.root.resolve()), self.config.get("created", ""), meta.get("generation"))
+            if not fresh and _INDEX_CACHE.get("key") == key:
+                return _INDEX_CACHE["index"]
+            records: dict[str, list] = {}
+            for learnware_id, record in conn.execute("SELECT id, record FROM versions ORDER BY id, version"):
+                records.setdefault(learnware_id, []).append(record)
+            table = {}
+            for learnware_id, name, semantic, _ in conn.execute("SELECT id, name, semantic, latest FROM learnwares ORDER BY id"):
+                table[learnware_id] = entry_from_rows(learnware_id, name, semantic, records.get(learnware_id, []))
+        orphans = sorted(set(records) - set(table))
+        if orphans:
+            raise IndexDamaged(self.root / CATALOG_FILE, f"corrupt index (versions of {orphans[0]!r}, a learnware it does not list)")
+        index = {"format_version": FORMAT_VERSION, "generation": int(meta.get("generation", 0)), "next_id": int(meta.get("next_id", 1)), "learnwares": table}
+        validate_index(index, self.root / CATALOG_FILE)
         if not fresh:
             _INDEX_CACHE.clear()
-            _INDEX_CACHE[key] = index
+            _INDEX_CACHE.update(key=key, index=index)
             # a big index is a large, long-lived object graph: keep the cyclic GC from
             # re-scanning it on every allocation burst (it cost 0.1 s per search at 10k entries)
             gc.freeze()
@@ -393,38 +458,57 @@ class Market:
             lock.release()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict]:
-        """Lock, hand out the current index for editing, then write it atomically (generation + 1).
+    def _writing(self) -> Iterator:
+        """One catalog write transaction, under the market lock: all of it lands (generation + 1) or none."""
+        from learnware_cli.market.catalog import CatalogError
 
-        Nothing is written if the body raises.
-        """
         with self.lock():
-            index = self.read_index(fresh=True)
-            yield index
-            index["generation"] = int(index.get("generation", 0)) + 1
-            self._write_index(index)
-
-    def _write_index(self, index: dict) -> None:
-        index["updated"] = now_iso()
-        path = self.root / INDEX_FILE
-        with market_write("cannot write the market index", path):
-            atomic_write_text(path, json.dumps(index, indent=1))
+            try:
+                with self.catalog.write() as conn:
+                    yield conn
+                    conn.execute("INSERT INTO meta VALUES ('updated', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (now_iso(),))
+            except CatalogError as exc:
+                raise self._catalog_error(exc) from None
+            except sqlite3.OperationalError as exc:
+                raise MarketError(f"cannot write the market index: {self.root / CATALOG_FILE}: {exc}") from None
 
     # -- learnwares -----------------------------------------------------------
 
     def entries(self) -> list[dict]:
         return list(self.read_index()["learnwares"].values())
 
+    def count(self) -> int:
+        """How many learnwares the market holds (one query)."""
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM learnwares").fetchone()[0])
+
+    def page(self, limit: int, offset: int = 0) -> list[dict]:
+        """Entries in id order, ``limit`` of them from ``offset``: what `lw list` shows without reading them all."""
+        with self._reading() as conn:
+            ids = [row[0] for row in conn.execute("SELECT id FROM learnwares ORDER BY id LIMIT ? OFFSET ?", (limit, offset))]
+        return [self.entry(learnware_id) for learnware_id in ids]
+
     def entry(self, learnware_id: str, index: Optional[dict] = None) -> dict:
         """The index entry of an id; a short numeric id ("7") means its padded form ("00000007")."""
-        index = index or self.read_index()
-        table = index["learnwares"]
-        if learnware_id not in table and learnware_id.isdigit():
+        if index is not None:
+            table = index["learnwares"]
+            if learnware_id not in table and learnware_id.isdigit():
+                learnware_id = f"{int(learnware_id):08d}"
+            if learnware_id in table:
+                return table[learnware_id]
+            raise NotFoundError(f"no learnware {learnware_id!r} in market {self.root}")
+        from learnware_cli.market.catalog import entry_from_rows
+
+        if not ID_PATTERN.fullmatch(learnware_id) and learnware_id.isdigit():
             learnware_id = f"{int(learnware_id):08d}"
-        try:
-            return table[learnware_id]
-        except KeyError:
-            raise NotFoundError(f"no learnware {learnware_id!r} in market {self.root}") from None
+        with self._reading() as conn:
+            row = conn.execute("SELECT name, semantic FROM learnwares WHERE id = ?", (learnware_id,)).fetchone()
+            records = [r[0] for r in conn.execute("SELECT record FROM versions WHERE id = ? ORDER BY version", (learnware_id,))]
+        if row is None:
+            raise NotFoundError(f"no learnware {learnware_id!r} in market {self.root}")
+        entry = entry_from_rows(learnware_id, row[0], row[1], records)
+        validate_index({"learnwares": {learnware_id: entry}, "next_id": int(learnware_id) + 1 if learnware_id.isdigit() else 1}, self.root / CATALOG_FILE)
+        return entry
 
     @staticmethod
     def version_record(entry: dict, version: Optional[int] = None) -> dict:
@@ -473,19 +557,156 @@ class Market:
         return self.add_versions([NewVersion(files, semantic, record_fields, update_id)])[0]
 
     def add_versions(self, items: list["NewVersion"]) -> list[tuple[dict, dict]]:
-        """Store several checked packages in one transaction (one index write for a bulk submit).
+        """Store several checked packages in one transaction (one catalog commit for a bulk submit).
 
-        The copies are made outside the market lock (a big bulk submit must not
-        stall other writers) in a staging batch that holds its own lock, so a
-        concurrent sweep leaves it alone. Each stored folder is marked pending
-        until the index write that lists it is done.
+        The copies, and the search segments of their specifications, are made
+        outside the market lock (a big bulk submit must not stall other
+        writers) in a staging batch that holds its own lock, so a concurrent
+        sweep leaves it alone. Each stored folder is marked pending until the
+        commit that lists it is done.
         """
         with market_write("cannot store the package", self.root), self._staging_batch() as batch:
             staged = [(item, batch / str(n), self._stage(batch / str(n), item)) for n, item in enumerate(items)]
-            with self.transaction() as index:
-                results = [self._place(index, item, folder, checksum) for item, folder, checksum in staged]
+            segments = self._stage_segments(batch, items)
+            with self._writing() as conn:
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                state = {"next_id": int(meta.get("next_id", 1))}
+                results = [self._place(conn, state, item, folder, checksum) for item, folder, checksum in staged]
+                self._place_segments(conn, segments, results, int(meta.get("generation", 0)))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'next_id'", (str(state["next_id"]),))
+            self._compact_quietly({island for island, _, _ in segments})
         _unmark([self.version_dir(entry["id"], record["version"]) for entry, record in results], PENDING_MARK)
         return results
+
+    def _stage_segments(self, batch: Path, items: list["NewVersion"]) -> list[tuple[str, Path, list[int]]]:
+        """Stack the items' specifications per island into staged segment folders -> [(island, folder, item positions)]."""
+        from learnware_cli.market import segments as seg
+        from learnware_cli.specs import load_spec
+
+        groups: dict[str, list[int]] = {}
+        for position, item in enumerate(items):
+            island = seg.island_of(item.record_fields, item.semantic)
+            if island is not None:
+                groups.setdefault(island, []).append(position)
+        staged = []
+        for island, positions in groups.items():
+            specs = [item.spec if item.spec is not None else load_spec(Path(items[p].files["rkme.json"]), source=str(items[p].files["rkme.json"])) for p in positions for item in [items[p]]]
+            folder = batch / f"segment-{len(staged)}"
+            seg.write_arrays(folder, seg.stack_specs(specs, self.gamma))
+            staged.append((island, folder, positions))
+        return staged
+
+    def _place_segments(self, conn, staged: list, results: list, generation: int) -> None:
+        """Give staged segments their ids and versions, move them in, and register them (inside the commit)."""
+        import numpy as np
+
+        from learnware_cli.market import segments as seg
+
+        for island, folder, positions in staged:
+            ids = np.array([int(results[p][0]["id"]) for p in positions], dtype=np.int64)
+            versions = np.array([results[p][1]["version"] for p in positions], dtype=np.int32)
+            seg.write_arrays(folder, {"ids": ids, "versions": versions})
+            name = seg.new_name(island)
+            (self.root / seg.SEGMENTS_DIR).mkdir(exist_ok=True)
+            os.rename(folder, self.root / seg.SEGMENTS_DIR / name)
+            conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (name, island, len(positions), seg.level_of(len(positions)), generation))
+
+    def island_view(self, island: str, all_versions: bool = False):
+        """Every search segment of one island with its live rows (``segments.IslandView``), read in one snapshot.
+
+        all_versions: superseded versions count too (removed ones never).
+        A segment merged away between the listing and the opening is read again.
+        """
+        from learnware_cli.market import segments as seg
+
+        for attempt in range(3):
+            with self._reading() as conn:
+                names = [row[0] for row in conn.execute("SELECT name FROM segments WHERE island = ? ORDER BY seq, name", (island,))]
+                dead = {(int(i), int(v)) for i, v, removed in conn.execute("SELECT id, version, removed FROM dead WHERE island = ?", (island,)) if removed or not all_versions}
+            try:
+                parts = []
+                for name in names:
+                    arrays = seg.open_segment(self.root, name)
+                    parts.append(seg.Segment(name=name, live=seg.live_mask(arrays["ids"], arrays["versions"], dead), **arrays))
+                return seg.IslandView(island, parts)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise MarketError(f"{self.root}: a search segment of {island} is missing; run `lw reindex --rebuild`") from None
+            except (OSError, ValueError) as exc:
+                raise MarketError(f"{self.root}: a search segment of {island} is unreadable ({exc}); run `lw reindex --rebuild`") from None
+        raise AssertionError("unreachable")
+
+    def islands(self) -> list[str]:
+        """The islands that have search segments."""
+        with self._reading() as conn:
+            return [row[0] for row in conn.execute("SELECT DISTINCT island FROM segments ORDER BY island")]
+
+    def _compact_quietly(self, islands: set) -> None:
+        """Merge small segments of the islands just written (a failure leaves them as they are: still correct)."""
+        with contextlib.suppress(MarketError, OSError):
+            for island in sorted(islands):
+                self.compact(island)
+
+    def compact(self, island: str, everything: bool = False) -> int:
+        """Merge segments of one island: MERGE_FANOUT of one level into one of the next (tiered), or all (everything).
+
+        The merged segment drops dead rows (and their dead records). The merge is
+        written beside the others, swapped in by one commit, and the old folders
+        deleted after it (a reader that has them open keeps its mapping).
+        Returns how many segments were merged.
+        """
+        from learnware_cli.market import segments as seg
+
+        merged_count = 0
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute("SELECT name, rows, level FROM segments WHERE island = ? ORDER BY seq, name", (island,)).fetchall()
+            by_level: dict[int, list] = {}
+            for name, count, level in rows:
+                by_level.setdefault(level, []).append(name)
+            group = [name for name, _, _ in rows] if everything and len(rows) > 1 else next((names[:seg.MERGE_FANOUT] for _, names in sorted(by_level.items()) if len(names) >= seg.MERGE_FANOUT), None)
+            if not group:
+                return merged_count
+            with self.lock():
+                name = self._merge(island, group)
+            merged_count += len(group)
+            if everything or name is None:
+                return merged_count
+
+    def _merge(self, island: str, group: list[str]) -> Optional[str]:
+        import numpy as np
+
+        from learnware_cli.market import segments as seg
+
+        with self._reading() as conn:
+            listed = {row[0] for row in conn.execute("SELECT name FROM segments WHERE island = ?", (island,))}
+            dead = {(int(i), int(v)) for i, v in conn.execute("SELECT id, version FROM dead WHERE island = ?", (island,))}
+            seq = conn.execute("SELECT min(seq) FROM segments WHERE island = ?", (island,)).fetchone()[0]
+        if not set(group) <= listed:
+            return None  # another writer merged them meanwhile
+        parts = []
+        for name in group:
+            arrays = seg.open_segment(self.root, name)
+            parts.append({**arrays, "live": seg.live_mask(arrays["ids"], arrays["versions"], dead)})
+        merged = seg.merge_arrays(parts)
+        dropped = [(int(i), int(v)) for p in parts for i, v in zip(np.asarray(p["ids"])[~p["live"]], np.asarray(p["versions"])[~p["live"]])]
+        name = seg.new_name(island)
+        target = self.root / seg.SEGMENTS_DIR / name
+        rows = int(merged["ids"].shape[0]) if "ids" in merged else 0
+        if rows:
+            building = self.root / seg.SEGMENTS_DIR / f".{name}.building"
+            seg.write_arrays(building, merged)
+            os.rename(building, target)
+        with self.catalog.write() as conn:
+            conn.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in group])
+            conn.executemany("DELETE FROM dead WHERE island = ? AND id = ? AND version = ?", [(island, f"{i:08d}", v) for i, v in dropped])
+            if rows:
+                first_seq = min(conn.execute("SELECT coalesce(min(seq), ?) FROM segments WHERE island = ?", (seq, island)).fetchone()[0], seq)
+                conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (name, island, rows, seg.level_of(rows), first_seq))
+        self.catalog.close()
+        for old in group:
+            seg.remove_folder(self.root, old)
+        return name
 
     @contextlib.contextmanager
     def _staging_batch(self) -> Iterator[Path]:
@@ -517,19 +738,31 @@ class Market:
             raise RejectedError("archive", f"{item.files['package.zip']}: changed after its checks (sha256 differs); nothing was stored")
         return checksum
 
-    def _place(self, index: dict, item: "NewVersion", folder: Path, checksum: str) -> tuple[dict, dict]:
-        """Move one staged version into learnwares/ and record it in index (inside a transaction).
+    def _place(self, conn, state: dict, item: "NewVersion", folder: Path, checksum: str) -> tuple[dict, dict]:
+        """Move one staged version into learnwares/ and insert it into the catalog (inside the commit).
 
         Its record.json is written into the staged folder before the rename, so
-        every stored folder can stand in for its index entry.
+        every stored folder can stand in for its catalog rows. An update makes
+        the previous version's search row dead (superseded).
         """
+        from learnware_cli.market import segments as seg
+        from learnware_cli.market.catalog import entry_from_rows, put_version
+
         if item.update_id is None:
-            learnware_id = f"{int(index.get('next_id', 1)):08d}"
-            index["next_id"] = int(index.get("next_id", 1)) + 1
+            learnware_id = f"{state['next_id']:08d}"
+            state["next_id"] += 1
             entry = {"id": learnware_id, "versions": []}
         else:
-            entry = self.entry(item.update_id, index)
-            learnware_id = entry["id"]
+            learnware_id = item.update_id if ID_PATTERN.fullmatch(item.update_id) else f"{int(item.update_id):08d}"
+            row = conn.execute("SELECT name, semantic FROM learnwares WHERE id = ?", (learnware_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no learnware {item.update_id!r} in market {self.root}")
+            records = [r[0] for r in conn.execute("SELECT record FROM versions WHERE id = ? ORDER BY version", (learnware_id,))]
+            entry = entry_from_rows(learnware_id, row[0], row[1], records)
+            previous = entry["versions"][-1]
+            island = seg.island_of(previous, entry["semantic"])
+            if island is not None:
+                conn.execute("INSERT OR IGNORE INTO dead VALUES (?, ?, ?, 0)", (island, learnware_id, previous["version"]))
         version = (entry["versions"][-1]["version"] + 1) if entry["versions"] else 1
         target = self.version_dir(learnware_id, version)
         record = {"version": version, "submitted": now_iso(), "checksum": checksum, "path": self._relative(target)}
@@ -542,10 +775,10 @@ class Market:
         if target.exists():
             self._drop_leftover(target)
         os.rename(folder, target)
+        put_version(conn, learnware_id, name, item.semantic, record)
         entry["versions"].append(record)
         entry["name"] = name
         entry["semantic"] = item.semantic
-        index["learnwares"][learnware_id] = entry
         return entry, record
 
     def _drop_leftover(self, target: Path) -> None:
@@ -557,26 +790,40 @@ class Market:
         shutil.rmtree(target)
 
     def remove(self, learnware_id: str, version: Optional[int] = None) -> dict:
-        """Drop a learnware (or one of its versions) from the index, then delete its files.
+        """Drop a learnware (or one of its versions) from the catalog, then delete its files.
 
-        The doomed folders are marked removed before the index write: a remover
-        killed after that write leaves marked, unlisted folders that sweep
-        deletes; killed before it, the index still lists them (sweep clears the
-        marks). A failed index write takes the marks back at once.
+        The doomed folders are marked removed before the commit: a remover
+        killed after it leaves marked, unlisted folders that sweep deletes;
+        killed before it, the catalog still lists them (sweep clears the
+        marks). A failed commit takes the marks back at once. Removing the
+        latest version makes the one before it the learnware's latest again
+        (its name and semantic specification included, read from its record.json).
         """
+        from learnware_cli.market import segments as seg
+
         doomed: list[Path] = []
+        entry = self.entry(learnware_id)
+        learnware_id = entry["id"]
         with market_write(f"cannot remove {learnware_id}", self.root):
             try:
-                with self.transaction() as index:
-                    entry = self.entry(learnware_id, index)
-                    learnware_id = entry["id"]
-                    if version is None or [r["version"] for r in entry["versions"]] == [version]:
-                        del index["learnwares"][learnware_id]
+                with self._writing() as conn:
+                    entry = self.entry(learnware_id)  # as of this commit (the lock is held)
+                    numbers = [r["version"] for r in entry["versions"]]
+                    if version is None or numbers == [version]:
+                        gone = entry["versions"]
+                        conn.execute("DELETE FROM versions WHERE id = ?", (learnware_id,))
+                        conn.execute("DELETE FROM learnwares WHERE id = ?", (learnware_id,))
                         doomed = list((self.root / "learnwares" / learnware_id).glob("*"))
                     else:
-                        self.version_record(entry, version)  # NotFoundError if there is no such version
-                        entry["versions"] = [r for r in entry["versions"] if r["version"] != version]
+                        gone = [self.version_record(entry, version)]  # NotFoundError if there is no such version
+                        conn.execute("DELETE FROM versions WHERE id = ? AND version = ?", (learnware_id, version))
+                        if version == numbers[-1]:
+                            self._restore_latest(conn, entry, entry["versions"][-2])
                         doomed = [self.version_dir(learnware_id, version)]
+                    for record in gone:
+                        island = seg.island_of(record, entry["semantic"]) if record is entry["versions"][-1] else _island_of_folder(self, learnware_id, record)
+                        if island is not None:
+                            conn.execute("INSERT OR REPLACE INTO dead VALUES (?, ?, ?, 1)", (island, learnware_id, record["version"]))
                     doomed = [folder for folder in doomed if folder.is_dir() and self._inside(folder)]
                     for folder in doomed:
                         (folder / REMOVED_MARK).touch()
@@ -588,6 +835,18 @@ class Market:
             with contextlib.suppress(OSError):
                 (self.root / "learnwares" / learnware_id).rmdir()  # only if nothing is left in it
         return entry
+
+    def _restore_latest(self, conn, entry: dict, record: dict) -> None:
+        """Make an earlier version the latest again: its search row lives, its name and semantic are the entry's."""
+        from learnware_cli.market import segments as seg
+
+        stored, _ = _read_record(self.version_dir(entry["id"], record["version"]) / RECORD_FILE, entry["id"], record["version"])
+        semantic = stored["semantic"] if stored else entry["semantic"]
+        name = stored["name"] if stored else entry.get("name", "")
+        conn.execute("UPDATE learnwares SET name = ?, semantic = ?, latest = ? WHERE id = ?", (name, json.dumps(semantic), record["version"], entry["id"]))
+        island = seg.island_of(record, semantic)
+        if island is not None:
+            conn.execute("DELETE FROM dead WHERE island = ? AND id = ? AND version = ? AND removed = 0", (island, entry["id"], record["version"]))
 
     # -- repair ---------------------------------------------------------------
 
@@ -623,9 +882,12 @@ class Market:
         """
         result = SweepResult()
         with market_write("cannot clean up the market", self.root), self.lock():
-            index = self.read_index(fresh=True)
-            listed = {(e["id"], r["version"]) for e in index["learnwares"].values() for r in e["versions"]}
+            self.read_index(fresh=True)  # a damaged index: touch nothing
+            with self._reading() as conn:
+                listed = {(i, int(v)) for i, v in conn.execute("SELECT id, version FROM versions")}
+                registered = {row[0] for row in conn.execute("SELECT name FROM segments")}
             self._sweep_staging(result)
+            self._sweep_segments(registered, result)
             for folder, learnware_id, version in self._version_folders():
                 relative = self._relative(folder)
                 if (learnware_id, version) in listed:
@@ -639,6 +901,16 @@ class Market:
                 with contextlib.suppress(OSError):
                     id_dir.rmdir()  # only if empty
         return result
+
+    def _sweep_segments(self, registered: set, result: SweepResult) -> None:
+        """Delete segment folders the catalog does not register (a writer died before its commit, or after a merge)."""
+        from learnware_cli.market.segments import SEGMENTS_DIR
+
+        folder = self.root / SEGMENTS_DIR
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.name not in registered and self._inside(path):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                result.removed.append(self._relative(path))
 
     def _sweep_staging(self, result: SweepResult) -> None:
         """Delete every staging batch no live writer holds (under the market lock: see _staging_batch)."""
@@ -654,20 +926,24 @@ class Market:
         with contextlib.suppress(OSError):
             staging.rmdir()  # only if empty
 
-    def repair_index(self, force: bool = False) -> Optional[RebuildResult]:
-        """`lw reindex`: rebuild index.json from the version folders if forced or if it is missing or damaged.
+    def repair_index(self, force: bool = False, only: Optional[set] = None, reason: Optional[str] = None) -> Optional[RebuildResult]:
+        """`lw reindex`: rebuild the catalog and search segments from the version folders if forced or if damaged.
 
         Returns None when the index was fine and not forced. Each folder's
-        record.json gives its entry; a folder without one (an older market) is
+        record.json gives its rows; a folder without one (an older market) is
         reconstructed from semantic.json, rkme.json and the package's sha256.
         Folders that cannot be read are skipped and reported, never deleted.
-        next_id becomes the highest id + 1. The generation jumps to at least the
-        current time in milliseconds: the old one may be lost with the old
-        index, and no search cache built from an earlier index may match the
-        new one. The replaced index.json is kept beside it.
+        only: the (id, version) pairs to adopt (an upgrade from index.json keeps
+        exactly what that index listed). next_id becomes the highest id + 1.
+        The generation jumps to at least the current time in milliseconds: the
+        old one may be lost with the old index, and no cache built from an
+        earlier index may match the new one. The new catalog replaces the old
+        one with one rename; the old file is kept beside it.
         """
-        with market_write("cannot rebuild the market index", self.root / INDEX_FILE), self.lock():
-            reason = "requested (--rebuild)"
+        from learnware_cli.market.catalog import Catalog, put_version, set_meta
+
+        with market_write("cannot rebuild the market index", self.root / CATALOG_FILE), self.lock():
+            reason = reason or "requested (--rebuild)"
             if not force:
                 try:
                     self.read_index(fresh=True)
@@ -675,26 +951,71 @@ class Market:
                 except IndexDamaged as exc:
                     reason = exc.why
             result = RebuildResult(reason=reason)
-            table = self._entries_from_folders(result)
-            old_generation = _salvage_generation(self.root / INDEX_FILE)
-            index = {
-                "format_version": FORMAT_VERSION,
-                "generation": max(old_generation + 1, time.time_ns() // 1_000_000),
-                "next_id": max((int(key) for key in table), default=0) + 1,
-                "learnwares": table,
-                "rebuilt": now_iso(),
-            }
-            result.backup = self._keep_old_index()
-            self._write_index(index)
+            table, semantics = self._entries_from_folders(result, only)
+            old_generation = _salvage_generation(self.root)
+            building = self.root / f".{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.building"
+            try:
+                Catalog.create(building, next_id=max((int(key) for key in table), default=0) + 1, generation=max(old_generation + 1, time.time_ns() // 1_000_000))
+                rebuilt = Catalog(building)
+                with rebuilt.write() as conn:
+                    for learnware_id, entry in table.items():
+                        for record in entry["versions"]:
+                            semantic = semantics[(learnware_id, record["version"])]
+                            put_version(conn, learnware_id, semantic_name(semantic) or entry["name"], semantic, record)
+                        conn.execute("UPDATE learnwares SET name = ?, semantic = ? WHERE id = ?", (entry["name"], json.dumps(entry["semantic"]), learnware_id))
+                    self._rebuild_segments(conn, table, semantics)
+                    set_meta(conn, "rebuilt", now_iso())
+                result.backup = self._keep_old_index()
+                self.catalog.close()
+                os.replace(building, self.root / CATALOG_FILE)
+                _fsync_dir(self.root)
+            finally:
+                with contextlib.suppress(OSError):
+                    building.unlink()
+            with self._reading() as conn:
+                registered = {row[0] for row in conn.execute("SELECT name FROM segments")}
+            self._sweep_segments(registered, SweepResult())
         return result
 
-    def _entries_from_folders(self, result: RebuildResult) -> dict:
-        """The learnwares table the version folders describe; counts and notes go into result."""
+    def _rebuild_segments(self, conn, table: dict, semantics: dict, chunk: int = 20000) -> None:
+        """Search segments for every stored version (superseded ones recorded dead), registered through conn."""
+        import numpy as np
+
+        from learnware_cli.market import segments as seg
+        from learnware_cli.specs import load_spec
+
+        groups: dict[str, list] = {}
+        for learnware_id, entry in table.items():
+            latest = entry["versions"][-1]["version"]
+            for record in entry["versions"]:
+                island = seg.island_of(record, semantics[(learnware_id, record["version"])])
+                if island is not None:
+                    groups.setdefault(island, []).append((learnware_id, record["version"]))
+                    if record["version"] != latest:
+                        conn.execute("INSERT OR IGNORE INTO dead VALUES (?, ?, ?, 0)", (island, learnware_id, record["version"]))
+        (self.root / seg.SEGMENTS_DIR).mkdir(exist_ok=True)
+        for island, keys in sorted(groups.items()):
+            for start in range(0, len(keys), chunk):
+                part = keys[start : start + chunk]
+                specs = [load_spec(self.version_dir(i, v) / "rkme.json", source=f"{i}@{v}") for i, v in part]
+                arrays = seg.stack_specs(specs, self.gamma)
+                arrays["ids"] = np.array([int(i) for i, _ in part], dtype=np.int64)
+                arrays["versions"] = np.array([v for _, v in part], dtype=np.int32)
+                name = seg.new_name(island)
+                building = self.root / seg.SEGMENTS_DIR / f".{name}.building"
+                seg.write_arrays(building, arrays)
+                os.rename(building, self.root / seg.SEGMENTS_DIR / name)
+                conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", (name, island, len(part), seg.level_of(len(part)), start))
+
+    def _entries_from_folders(self, result: RebuildResult, only: Optional[set] = None) -> tuple[dict, dict]:
+        """(the learnwares table the version folders describe, {(id, version): that version's semantic}); counts and notes go into result."""
         found: dict[str, list[dict]] = {}
         for folder, learnware_id, version in self._version_folders():
             relative = self._relative(folder)
             if version is None:
                 result.skipped.append(f"{relative}: not a learnwares/ID/vN folder (ID 8 digits, no symbolic links)")
+                continue
+            if only is not None and (learnware_id, version) not in only:
                 continue
             try:
                 stored, note = self._stored_version(folder, learnware_id, version)
@@ -704,7 +1025,7 @@ class Market:
             if note:
                 result.reconstructed.append(f"{relative}: {note}")
             found.setdefault(learnware_id, []).append(stored)
-        table = {}
+        table, semantics = {}, {}
         for learnware_id in sorted(found):
             stored = sorted(found[learnware_id], key=lambda s: s["record"]["version"])
             latest = stored[-1]
@@ -714,9 +1035,11 @@ class Market:
                 "name": latest["name"],
                 "semantic": latest["semantic"],
             }
+            for s in stored:
+                semantics[(learnware_id, s["record"]["version"])] = s["semantic"]
         result.learnwares = len(table)
         result.versions = sum(len(e["versions"]) for e in table.values())
-        return table
+        return table, semantics
 
     def _stored_version(self, folder: Path, learnware_id: str, version: int) -> tuple[dict, Optional[str]]:
         """(record.json document, note) of one version folder; reconstructed (with a note) where record.json fails."""
@@ -756,11 +1079,11 @@ class Market:
         return {"id": learnware_id, "name": semantic_name(semantic), "semantic": semantic, "record": record}
 
     def _keep_old_index(self) -> Optional[str]:
-        """Copy index.json aside before a rebuild replaces it -> the copy's name (None if there was none)."""
-        path = self.root / INDEX_FILE
+        """Copy the catalog aside before a rebuild replaces it -> the copy's name (None if there was none)."""
+        path = self.root / CATALOG_FILE
         if not path.is_file():
             return None
-        backup = path.with_name(f"{INDEX_FILE}.{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.bak")
+        backup = path.with_name(f"{CATALOG_FILE}.{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.bak")
         shutil.copyfile(path, backup)
         return backup.name
 
@@ -810,11 +1133,27 @@ def _read_record(path: Path, learnware_id: str, version: int) -> tuple[Optional[
     return {"id": learnware_id, "name": str(stored.get("name", "")), "semantic": stored["semantic"], "record": record}, ""
 
 
-def _salvage_generation(path: Path) -> int:
-    """The generation of a (possibly damaged) index file, or 0 if it cannot be read."""
-    index = _read_json(path)
+def _salvage_generation(root: Path) -> int:
+    """The generation of a (possibly damaged) catalog, or of an older market's index.json; 0 if neither can be read."""
+    with contextlib.suppress(Exception):
+        conn = sqlite3.connect(f"file:{root / CATALOG_FILE}?mode=ro", uri=True)
+        try:
+            value = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+            if value >= 1:
+                return value
+        finally:
+            conn.close()
+    index = _read_json(root / INDEX_FILE)
     generation = index.get("generation") if isinstance(index, dict) else None
     return generation if _is_version_number(generation) else 0  # a positive whole number, like a version
+
+
+def _island_of_folder(market: "Market", learnware_id: str, record: dict) -> Optional[str]:
+    """The search island of a stored version, judged by its own semantic specification (its record.json)."""
+    from learnware_cli.market import segments as seg
+
+    stored, _ = _read_record(market.version_dir(learnware_id, record["version"]) / RECORD_FILE, learnware_id, record["version"])
+    return seg.island_of(record, stored["semantic"] if stored else {})
 
 
 def _marked(folder: Path) -> bool:

@@ -1,0 +1,285 @@
+"""The search stack as append-only segments: each commit's specifications, stacked per island, memory-mapped by searches.
+
+A search compares the user's RKME with every learnware of her island. The
+arrays it needs are written once, by the submit that stores the versions, as
+one segment per island the submit touched::
+
+    MARKET/segments/NAME/
+        ids.npy       (n,) int64     learnware ids (the 8-digit id as a number)
+        versions.npy  (n,) int32
+        zs.npy        (n, K, d) float32   the spec's ``stack_arrays`` (padded with zero weights)
+        betas.npy     (n, K) float32
+        selfs.npy     (n,) float64   <S, S>, computed by the kind's own kernel in float64
+        sketch.npy    (n, D) float32 random Fourier sketch (Gaussian-kernel kinds; see search.sketch)
+
+A segment never changes after its commit. Which rows still count lives in the
+catalog (``dead``: superseded or removed versions). Searches open the files
+with ``np.load(mmap_mode="r")``: a cold search touches the pages it reads,
+nothing is parsed. Small segments are merged (``compact``) by the writer that
+finds too many of one size: tiered, so each row is rewritten O(log n) times,
+and the merged segment drops dead rows.
+
+The segments are derived data: `lw reindex --rebuild` rebuilds them from
+the version folders' rkme.json files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+SEGMENTS_DIR = "segments"
+TABLE = "table"
+MERGE_FANOUT = 8  # this many segments of one level are merged into one of the next
+SKETCH_FEATURES = 256  # D' frequencies -> D = 2 D' sketch values (see search.sketch)
+SKETCH_SEED = 20261125  # fixed: a sketch is an approximation re-ranked exactly, not a secret
+
+
+def island_name(kind: str, dim: int) -> str:
+    return f"{kind}/d{int(dim)}"
+
+
+def split_island(island: str) -> tuple[str, int]:
+    kind, _, dim = island.rpartition("/d")
+    return kind, int(dim)
+
+
+def spec_kind(record: dict) -> str:
+    """The island kind of a stored version's specification (records from before kinds: table)."""
+    kind = record.get("spec_kind")
+    return kind if isinstance(kind, str) and kind else TABLE
+
+
+def island_of(record: dict, semantic: dict) -> Optional[str]:
+    """The island a stored version is searched in, or None (no input dimension; a table spec of non-table data)."""
+    dim, kind = record.get("input_dim"), spec_kind(record)
+    if dim is None:
+        return None
+    if kind == TABLE:
+        data = semantic.get("Data", {}) if isinstance(semantic, dict) else {}
+        values = data.get("Values", ["Table"]) if isinstance(data, dict) else ["Table"]
+        if "Table" not in values:
+            return None
+    return island_name(kind, dim)
+
+
+def level_of(rows: int) -> int:
+    return int(math.log(max(rows, 1), MERGE_FANOUT))
+
+
+def _uses_rbf(spec_class) -> bool:
+    """Does the kind compare specs under the Gaussian kernel exp(-gamma |x-y|^2) (so random Fourier features apply)?"""
+    return bool(getattr(spec_class, "rbf_kernel", False))
+
+
+def sketch_frequencies(dim: int, gamma: float):
+    from learnware_cli.search.sketch import frequencies
+
+    return frequencies(dim, gamma, SKETCH_FEATURES, SKETCH_SEED)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def stack_specs(specs: list, gamma: float) -> dict:
+    """The arrays of one segment for specs of one island: zs, betas (float32), selfs (float64), sketch (if RBF)."""
+    from learnware_cli.rkme.spec import RKMESpec, SpecStack
+
+    arrays = [s.stack_arrays() for s in specs]
+    k_max = max(len(a.beta) for a in arrays)
+    dim = int(np.asarray(arrays[0].z).reshape(len(arrays[0].beta), -1).shape[1])
+    zs = np.zeros((len(specs), k_max, dim))
+    betas = np.zeros((len(specs), k_max))
+    for i, a in enumerate(arrays):
+        zs[i, : len(a.beta)] = np.asarray(a.z, dtype=np.float64).reshape(len(a.beta), dim)
+        betas[i, : len(a.beta)] = a.beta
+    cls = type(specs[0])
+    if isinstance(specs[0], RKMESpec):
+        stack = SpecStack.from_arrays(zs, betas, specs[0].gamma, dtype="float64")
+    else:  # another kind stacks its own way (its kernel is not the table's)
+        stack = cls.make_stack(zs, betas, gamma=gamma)
+    out = {
+        "zs": zs.astype(np.float32),
+        "betas": betas.astype(np.float32),
+        "selfs": np.asarray(stack.self_products, dtype=np.float64)[: len(specs)],
+    }
+    if _uses_rbf(cls):
+        from learnware_cli.search.sketch import sketch_stack
+
+        spec_gamma = float(specs[0].island_key().gamma)
+        out["sketch"] = sketch_stack(zs, betas, sketch_frequencies(dim, spec_gamma)).astype(np.float32)
+    return out
+
+
+def write_arrays(folder: Path, arrays: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in arrays.items():
+        np.save(folder / f"{name}.npy", value, allow_pickle=False)
+
+
+def new_name(island: str) -> str:
+    kind, dim = split_island(island)
+    import hashlib
+    import re
+
+    label = re.sub(r"[^A-Za-z0-9]+", "_", kind).strip("_")[:40]
+    digest = hashlib.sha256(kind.encode()).hexdigest()[:8]
+    return f"{label}-{digest}-d{dim}-{uuid.uuid4().hex[:12]}"
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Segment:
+    """One segment's arrays (memory-mapped) and which of its rows count."""
+
+    name: str
+    ids: np.ndarray
+    versions: np.ndarray
+    zs: np.ndarray
+    betas: np.ndarray
+    selfs: np.ndarray
+    sketch: Optional[np.ndarray]
+    live: np.ndarray  # (n,) bool
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def open_segment(root: Path, name: str) -> dict:
+    folder = root / SEGMENTS_DIR / name
+    out = {}
+    for key in ("ids", "versions", "zs", "betas", "selfs", "sketch"):
+        path = folder / f"{key}.npy"
+        if key == "sketch" and not path.exists():
+            out[key] = None
+            continue
+        out[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+    return out
+
+
+def live_mask(ids: np.ndarray, versions: np.ndarray, dead: set) -> np.ndarray:
+    """(n,) bool: rows whose (id, version) is not in dead (a set of (int id, version))."""
+    live = np.ones(ids.shape[0], dtype=bool)
+    if not dead:
+        return live
+    dead_ids = np.fromiter((i for i, _ in dead), dtype=np.int64, count=len(dead))
+    candidates = np.flatnonzero(np.isin(ids, dead_ids))
+    for row in candidates:
+        if (int(ids[row]), int(versions[row])) in dead:
+            live[row] = False
+    return live
+
+
+@dataclass
+class IslandView:
+    """Every segment of one island with its live rows: what a search ranks."""
+
+    island: str
+    segments: list
+
+    @property
+    def count(self) -> int:
+        return int(sum(int(s.live.sum()) for s in self.segments))
+
+    @property
+    def k_max(self) -> int:
+        return max((s.zs.shape[1] for s in self.segments), default=1)
+
+    @property
+    def sketchable(self) -> bool:
+        return bool(self.segments) and all(s.sketch is not None for s in self.segments)
+
+    def keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, versions) of the live rows, in view order."""
+        if not self.segments:
+            return np.zeros(0, np.int64), np.zeros(0, np.int32)
+        return (
+            np.concatenate([np.asarray(s.ids)[s.live] for s in self.segments]),
+            np.concatenate([np.asarray(s.versions)[s.live] for s in self.segments]),
+        )
+
+    def locate(self, positions: Iterable[int]) -> list[tuple["Segment", int]]:
+        """(segment, row) of live positions (indices into the view order)."""
+        starts, rows_of = [], []
+        offset = 0
+        for s in self.segments:
+            live_rows = np.flatnonzero(s.live)
+            starts.append(offset)
+            rows_of.append(live_rows)
+            offset += live_rows.size
+        starts_arr = np.asarray(starts)
+        out = []
+        for p in positions:
+            i = int(np.searchsorted(starts_arr, p, side="right") - 1)
+            out.append((self.segments[i], int(rows_of[i][p - starts[i]])))
+        return out
+
+    def gather(self, positions: Iterable[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """zs (n, K_max, d) float64, betas (n, K_max) float64, selfs (n,) of live positions, read from the memmaps."""
+        located = self.locate(list(positions))
+        k_max = self.k_max
+        dim = self.segments[0].zs.shape[2] if self.segments else 0
+        zs = np.zeros((len(located), k_max, dim))
+        betas = np.zeros((len(located), k_max))
+        selfs = np.zeros(len(located))
+        for i, (segment, row) in enumerate(located):
+            k = segment.zs.shape[1]
+            zs[i, :k] = segment.zs[row]
+            betas[i, :k] = segment.betas[row]
+            selfs[i] = segment.selfs[row]
+        return zs, betas, selfs
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """zs (M, K_max, d) float32, betas (M, K_max) float32, selfs (M,) of every live row (the exact path)."""
+        k_max = self.k_max
+        parts_z, parts_b, parts_s = [], [], []
+        for s in self.segments:
+            z = np.asarray(s.zs)[s.live]
+            b = np.asarray(s.betas)[s.live]
+            if z.shape[1] < k_max:
+                z = np.concatenate([z, np.zeros((z.shape[0], k_max - z.shape[1], z.shape[2]), np.float32)], axis=1)
+                b = np.concatenate([b, np.zeros((b.shape[0], k_max - b.shape[1]), np.float32)], axis=1)
+            parts_z.append(z)
+            parts_b.append(b)
+            parts_s.append(np.asarray(s.selfs)[s.live])
+        return np.concatenate(parts_z), np.concatenate(parts_b), np.concatenate(parts_s)
+
+    def sketches(self) -> tuple[list, list]:
+        """([sketch memmap per segment], [live positions-in-segment per segment]) for the sketch stage."""
+        return [s.sketch for s in self.segments], [s.live for s in self.segments]
+
+
+def merge_arrays(parts: list[dict]) -> dict:
+    """Concatenate segments' arrays (their live rows), padding K to the largest."""
+    k_max = max(p["zs"].shape[1] for p in parts)
+    out: dict = {}
+    for key in ("ids", "versions", "zs", "betas", "selfs", "sketch"):
+        if any(p.get(key) is None for p in parts):
+            continue
+        chunks = []
+        for p in parts:
+            value = np.asarray(p[key])[p["live"]]
+            if key in ("zs", "betas") and value.shape[1] < k_max:
+                pad = [(0, 0), (0, k_max - value.shape[1])] + [(0, 0)] * (value.ndim - 2)
+                value = np.pad(value, pad)
+            chunks.append(value)
+        out[key] = np.concatenate(chunks)
+    return out
+
+
+def remove_folder(root: Path, name: str) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(root / SEGMENTS_DIR / name)
+
+
+ProgressFn = Optional[Callable[[int, int], None]]
