@@ -1,30 +1,44 @@
-"""Reading and writing the user's tables: CSV (with or without header), .npy, .npz.
+"""Reading and writing the user's tables: CSV (with or without header), Parquet, .npy, .npz.
 
 Every defect is an InputError whose message names the file and, where it
 helps, the line and column.
+
+Tables are read as a stream of row blocks (``_table_source``): CSV by
+pyarrow's C parser, Parquet a column at a time, .npy in row chunks straight
+from the file. ``read_matrix`` assembles the blocks into one float64 array
+(the only full copy); ``scan_table`` never holds the whole table: it keeps
+per-column statistics and uniform row samples, which is all ``lw spec`` needs.
+pyarrow is imported inside the readers only, so ``lw --help`` does not pay for it.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import errno
 import io
 import math
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from learnware_cli.errors import InputError
 
 MAX_CSV_SNIFF = 64 * 1024
+NULL_TOKENS = ("", "nan", "na", "null", "none")  # missing cells (compared stripped, case-insensitively)
+CSV_BLOCK_BYTES = 1 << 20  # pyarrow's parse unit (one per thread): ~1 000 rows of 50 numbers
+CSV_SEGMENT_BYTES = 4 << 20  # bytes handed to pyarrow at once (4 blocks: both cores busy, little memory)
+PY_BLOCK_ROWS = 4096  # rows per block of the pure-Python CSV path
+ARRAY_BLOCK_ROWS = 32768  # rows per block read from .npy files and in-memory arrays
 
 
 def _parse_float(cell: str) -> float:
     cell = cell.strip()
-    if cell == "" or cell.lower() in ("nan", "na", "null", "none"):
+    if cell == "" or cell.lower() in NULL_TOKENS:
         return math.nan
     return float(cell)
 
@@ -38,55 +52,365 @@ def _is_numeric_row(row: list[str]) -> bool:
     return True
 
 
-def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
-    """CSV -> (float64 (n, d), header or None). Missing cells become NaN.
+# ---------------------------------------------------------------------------------------------- sources
 
-    A first row that does not parse as numbers is taken as a header.
+
+@dataclass
+class _Source:
+    """A table as a stream of row blocks: float64 (b, width) arrays (C or Fortran order), NaN where a cell is missing.
+
+    rows: known up front (arrays, Parquet) or None (CSV: counted while reading).
+    columns: for Parquet, a function j -> float64 (rows,) column, the cheaper access there.
     """
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text CSV file") from None
-    if not text.strip():
-        raise InputError(f"{path}: file is empty")
-    try:
-        dialect = csv.Sniffer().sniff(text[:MAX_CSV_SNIFF], delimiters=",;\t ")
-        delimiter = dialect.delimiter
-    except csv.Error:
-        delimiter = ","
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if any(c.strip() for c in row)]
-    header = None
-    if rows and not _is_numeric_row(rows[0]):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    if not rows:
-        raise InputError(f"{path}: no data rows")
-    width = len(header) if header else len(rows[0])
-    out = np.empty((len(rows), width))
-    for i, row in enumerate(rows):
-        line = i + (2 if header else 1)
-        if len(row) != width:
-            raise InputError(f"{path}: line {line} has {len(row)} columns, expected {width} (ragged rows)")
-        for j, cell in enumerate(row):
+
+    path: Path
+    width: int
+    header: Optional[list]
+    rows: Optional[int]
+    blocks: Callable[[], Iterator[np.ndarray]]
+    columns: Optional[Callable[[int], np.ndarray]] = None
+
+
+class _UsePythonParser(Exception):
+    """pyarrow met something it cannot judge exactly as the Python parser does: let that parser decide."""
+
+
+def _csv_prefix(path: Path):
+    """(text of the file's start, whether that is the whole file, byte length of a UTF-8 BOM).
+
+    Holds at least MAX_CSV_SNIFF characters (the delimiter sniffer's sample) and
+    the first non-empty CSV row whole, unless the file is shorter.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts: list[str] = []
+    chars = 0
+    bom = 0
+    with io.open(path, "rb") as fh:
+        first = True
+        while True:
+            chunk = fh.read(4 * MAX_CSV_SNIFF)
+            eof = not chunk
+            if first and chunk.startswith(codecs.BOM_UTF8):
+                chunk, bom = chunk[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+            first = False
             try:
-                out[i, j] = _parse_float(cell)
-            except ValueError:
-                name = f" ({header[j]!r})" if header else ""
-                raise InputError(f"{path}: line {line}, column {j}{name}: {cell.strip()!r} is not a number") from None
-    return out, header
+                piece = decoder.decode(chunk, final=eof)
+            except UnicodeDecodeError:
+                raise InputError(f"{path}: not a text CSV file") from None
+            parts.append(piece)
+            chars += len(piece)
+            if eof:
+                return "".join(parts), True, bom
+            if chars >= MAX_CSV_SNIFF:
+                text = "".join(parts)
+                parts = [text]
+                if _first_row(text, _sniff_delimiter(text), complete=True) is not None:
+                    return text, False, bom
 
 
-def read_table(path) -> np.ndarray:
-    """Load a 2-D numeric table from .csv/.txt/.tsv, .npy or .npz (first array) -> float64 (n, d).
+def _sniff_delimiter(text: str) -> str:
+    try:
+        return csv.Sniffer().sniff(text[:MAX_CSV_SNIFF], delimiters=",;\t ").delimiter
+    except csv.Error:
+        return ","
 
-    1-D arrays are read as one column (a label vector).
+
+def _first_row(text: str, delimiter: str = ",", complete: bool = False):
+    """(first CSV row with a non-blank cell, characters up to its end) in text, or None.
+
+    complete: only a row followed by more text counts (the text may be cut).
     """
-    return _read_table_and_header(path)[0]
+    lines = io.StringIO(text)
+    consumed = 0
+    pending = []
+
+    def counted():
+        for line in lines:
+            pending.append(len(line))
+            yield line
+
+    reader = csv.reader(counted(), delimiter=delimiter)
+    try:
+        for row in reader:
+            consumed += sum(pending)
+            pending.clear()
+            if any(c.strip() for c in row):
+                if complete and consumed >= len(text):
+                    return None
+                return row, consumed
+    except csv.Error:
+        return None
+    return None
 
 
-def _read_table_and_header(path) -> tuple[np.ndarray, Optional[list]]:
-    """read_table, plus the CSV header's column names (None for arrays and header-less CSV)."""
-    path = Path(path)
+def _csv_source(path: Path) -> _Source:
+    text, whole, bom = _csv_prefix(path)
+    if whole and not text.strip():
+        raise InputError(f"{path}: file is empty")
+    delimiter = _sniff_delimiter(text)
+    first = _first_row(text, delimiter)
+    if first is None:
+        raise InputError(f"{path}: no data rows")  # only blank rows (the Python path says the same)
+    row, consumed = first
     header = None
+    start = bom
+    if not _is_numeric_row(row):
+        header = [c.strip() for c in row]
+        start = bom + len(text[:consumed].encode("utf-8"))
+    width = len(header) if header else len(row)
+
+    def blocks():
+        try:
+            yield from _arrow_csv_blocks(path, start, width, delimiter)
+        except _UsePythonParser:
+            yield _RESTART
+            yield from _python_csv_blocks(path, delimiter)
+
+    return _Source(path, width, header, None, blocks)
+
+
+_RESTART = object()  # marks, in a block stream, "forget the blocks so far: the stream starts again"
+
+
+def _null_tokens() -> list[str]:
+    """Every capitalisation of the missing-cell words that pyarrow does not read as NaN itself."""
+    import itertools
+
+    out = [""]
+    for word in ("na", "null", "none"):
+        out += ["".join(chars) for chars in itertools.product(*[(c.lower(), c.upper()) for c in word])]
+    return out
+
+
+def _csv_segments(path: Path, start: int) -> Iterator[bytes]:
+    """The file from byte offset start, in pieces of about CSV_SEGMENT_BYTES that end at a line end."""
+    with io.open(path, "rb") as fh:
+        fh.seek(start)
+        carry = b""
+        while True:
+            chunk = fh.read(CSV_SEGMENT_BYTES)
+            if not chunk:
+                if carry:
+                    yield carry
+                return
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                carry = data
+                continue
+            carry = data[cut + 1 :]
+            yield data[: cut + 1] if carry else data
+
+
+def _arrow_csv_blocks(path: Path, start: int, width: int, delimiter: str) -> Iterator[np.ndarray]:
+    """Row blocks parsed by pyarrow's C reader, from byte offset start (after a header and BOM).
+
+    The file is cut at line ends into segments that pyarrow parses on all
+    cores (a few MiB in memory at a time), the next one while this one is
+    handed on. Raises _UsePythonParser where pyarrow refuses a row (a ragged
+    row, a cell that is not a number, odd whitespace or quoting) or reads a
+    row of only missing cells, which the Python reader skips when all its cells
+    are blank: that reader then decides, with its exact messages.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = [f"c{j}" for j in range(width)]
+    read_options = pacsv.ReadOptions(column_names=names, block_size=CSV_BLOCK_BYTES, use_threads=True)
+    parse_options = pacsv.ParseOptions(delimiter=delimiter, quote_char='"', double_quote=True, ignore_empty_lines=True)
+    convert_options = pacsv.ConvertOptions(
+        column_types={name: pa.float64() for name in names},
+        null_values=_null_tokens(),
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=True,
+    )
+    segments = _csv_segments(path, start)
+    pool = pa.system_memory_pool()  # freed memory goes back to the system at once
+
+    def parse_next():
+        segment = next(segments, None)
+        if segment is None:
+            return None
+        return pacsv.read_csv(pa.py_buffer(segment), read_options=read_options, parse_options=parse_options, convert_options=convert_options, memory_pool=pool)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lw-csv")
+    try:
+        pending = executor.submit(parse_next)
+        while True:
+            try:
+                table = pending.result()
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+                raise _UsePythonParser() from None
+            if table is None:
+                return
+            pending = executor.submit(parse_next)  # pyarrow releases the GIL: it parses while we convert
+            if table.num_rows == 0:
+                continue
+            columns = table.columns
+            if all(column.null_count for column in columns):
+                missing = np.ones(table.num_rows, dtype=bool)
+                for column in columns:
+                    missing &= column.is_null().to_numpy()
+                if missing.any():
+                    raise _UsePythonParser()
+            out = np.empty((width, table.num_rows))  # column by column: contiguous copies, no transposition
+            for j, column in enumerate(columns):
+                at = 0
+                for chunk in column.chunks:  # zero-copy views where a chunk has no missing cell
+                    values = chunk.to_numpy(zero_copy_only=False)
+                    out[j, at : at + values.shape[0]] = values
+                    at += values.shape[0]
+            del table, columns
+            yield out.T  # a (rows, width) view in Fortran order: consumers take either order
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        segments.close()
+
+
+def _python_csv_blocks(path: Path, delimiter: str) -> Iterator[np.ndarray]:
+    """The reference reader, cell by cell in Python: slow, exact, and the source of every CSV message."""
+    with io.open(path, encoding="utf-8-sig", newline="") as fh:
+        try:
+            rows = (row for row in csv.reader(fh, delimiter=delimiter) if any(c.strip() for c in row))
+            first = next(rows, None)
+            if first is None:
+                raise InputError(f"{path}: no data rows")
+            header = None
+            pending: list[list[str]] = []
+            if _is_numeric_row(first):
+                pending.append(first)
+            else:
+                header = [c.strip() for c in first]
+            width = len(header) if header else len(first)
+            line = 2 if header else 1
+            done = False
+            while not done:
+                for row in rows:
+                    pending.append(row)
+                    if len(pending) >= PY_BLOCK_ROWS:
+                        break
+                else:
+                    done = True
+                if not pending:
+                    break
+                out = np.empty((len(pending), width))
+                for i, row in enumerate(pending):
+                    if len(row) != width:
+                        raise InputError(f"{path}: line {line + i} has {len(row)} columns, expected {width} (ragged rows)")
+                    for j, cell in enumerate(row):
+                        try:
+                            out[i, j] = _parse_float(cell)
+                        except ValueError:
+                            name = f" ({header[j]!r})" if header else ""
+                            raise InputError(f"{path}: line {line + i}, column {j}{name}: {cell.strip()!r} is not a number") from None
+                line += len(pending)
+                pending = []
+                yield out
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: not a text CSV file") from None
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _array_source(path: Path, arr: np.ndarray, offset: Optional[int] = None) -> _Source:
+    """Row blocks of a numeric array (1-D: one column). offset: where a C-order .npy's data starts in
+    its file; then blocks are read from the file, so only one block is in memory at a time."""
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"{path}: array has non-numeric dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"{path}: expected a 2-D table, got shape {arr.shape}")
+    n, d = arr.shape
+    dtype = arr.dtype
+
+    def blocks():
+        if offset is not None and arr.flags.c_contiguous:
+            row_bytes = d * dtype.itemsize
+            step = max(1, min(ARRAY_BLOCK_ROWS, (8 << 20) // max(row_bytes, 1)))
+            with io.open(path, "rb") as fh:
+                fh.seek(offset)
+                for r0 in range(0, n, step):
+                    rows = min(step, n - r0)
+                    raw = np.empty(rows * d, dtype=dtype)
+                    if fh.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+                        raise InputError(f"{path}: cannot read as NumPy data (file is truncated)")
+                    yield raw.reshape(rows, d).astype(np.float64, copy=False)
+            return
+        for r0 in range(0, n, ARRAY_BLOCK_ROWS):
+            yield np.array(arr[r0 : r0 + ARRAY_BLOCK_ROWS], dtype=np.float64, order="C")
+
+    return _Source(path, d, None, n, blocks)
+
+
+def _numpy_source(path: Path, suffix: str) -> _Source:
+    if suffix == ".npy":
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only: data is read in blocks
+            return _array_source(path, mapped, offset=mapped.offset if isinstance(mapped, np.memmap) else None)
+        except ValueError:
+            pass  # e.g. an empty array, which cannot be mapped: read it whole below
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path}: cannot read as NumPy data ({exc})") from None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            if not loaded.files:
+                raise InputError(f"{path}: the .npz archive holds no array")
+            arr = loaded[loaded.files[0]]
+        else:
+            arr = loaded
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read as NumPy data ({exc})") from None
+    return _array_source(path, arr)
+
+
+def _parquet_source(path: Path) -> _Source:
+    """A Parquet file of numeric columns (integers, floats, booleans, decimals; nulls are missing
+    cells); the header is the column names. Read a column at a time, whatever its row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path), memory_map=False)
+        schema = parquet.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: cannot read as Parquet ({exc})") from None
+    names = list(schema.names)
+    for j, fld in enumerate(schema):
+        t = fld.type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)):
+            raise InputError(f"{path}: column {j} ({fld.name!r}) has type {fld.type}, not numbers")
+    rows = parquet.metadata.num_rows
+    table = None
+    if len(set(names)) != len(names):
+        table = parquet.read()  # duplicate names: columns are reachable by position only
+
+    def column(j: int) -> np.ndarray:
+        try:
+            chunked = table.column(j) if table is not None else parquet.read(columns=[names[j]], use_threads=True).column(0)
+            values = chunked.cast(pa.float64()).to_numpy()
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{path}: cannot read column {j} ({names[j]!r}) as numbers ({exc})") from None
+        return np.asarray(values, dtype=np.float64)
+
+    def blocks():  # row blocks (read_matrix and scan_table use the columns instead)
+        for batch in parquet.iter_batches(batch_size=ARRAY_BLOCK_ROWS):
+            out = np.empty((batch.num_rows, len(names)))
+            for j, values in enumerate(batch.columns):
+                out[:, j] = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            yield out
+
+    return _Source(path, len(names), names, rows, blocks, columns=column)
+
+
+def _table_source(path) -> _Source:
+    """The right reader for a table file, after the checks every format shares."""
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -95,28 +419,191 @@ def _read_table_and_header(path) -> tuple[np.ndarray, Optional[list]]:
         raise InputError(f"{path}: file is empty")
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: cannot read as NumPy data ({exc})") from None
-        if suffix == ".npz":
-            if not loaded.files:
-                raise InputError(f"{path}: the .npz archive holds no array")
-            arr = loaded[loaded.files[0]]
-        else:
-            arr = loaded
-        if arr.dtype.kind not in "biuf":
-            raise InputError(f"{path}: array has non-numeric dtype {arr.dtype}")
-        arr = np.asarray(arr, dtype=np.float64)
-    else:
-        arr, header = read_csv(path)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise InputError(f"{path}: expected a 2-D table, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"{path}: no data (shape {arr.shape})")
-    return arr, header
+        return _numpy_source(path, suffix)
+    if suffix in (".parquet", ".pq"):
+        return _parquet_source(path)
+    return _csv_source(path)
+
+
+def _check_shape(source: _Source, rows: int) -> None:
+    if source.header is not None and rows == 0 and source.columns is None:
+        raise InputError(f"{source.path}: no data rows")
+    if rows == 0 or source.width == 0:
+        raise InputError(f"{source.path}: no data (shape {(rows, source.width)})")
+
+
+def _consume(source: _Source, consumer_factory):
+    """Feed every block to a fresh consumer; if the stream restarts (pyarrow handed over to the Python
+    parser), start again with a new consumer on the Python path's blocks."""
+    consumer = consumer_factory()
+    stream = source.blocks()
+    for block in stream:
+        if block is _RESTART:
+            consumer = consumer_factory()
+            continue
+        consumer.add(block)
+    return consumer
+
+
+# ---------------------------------------------------------------------------------------------- column statistics
+
+
+class _ColumnStats:
+    """Per-column count and sum of finite cells, and the count of missing or infinite ones, fed by row blocks."""
+
+    def __init__(self, width: int):
+        self.rows = 0
+        self.bad = np.zeros(width, dtype=np.int64)
+        self.sums = np.zeros(width)
+
+    def add(self, block: np.ndarray) -> Optional[np.ndarray]:
+        """Count a block; returns its mask of non-finite cells, or None when it has none."""
+        self.rows += block.shape[0]
+        finite = np.isfinite(block)
+        if finite.all():
+            self.sums += block.sum(axis=0)
+            return None
+        self.bad += block.shape[0] - np.count_nonzero(finite, axis=0)
+        self.sums += np.where(finite, block, 0.0).sum(axis=0)
+        return ~finite
+
+    def add_column(self, j: int, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        self.bad[j] += values.shape[0] - int(np.count_nonzero(finite))
+        self.sums[j] += values[finite].sum() if self.bad[j] else values.sum()
+
+    @property
+    def replaced(self) -> int:
+        return int(self.bad.sum())
+
+    def means(self, source: str) -> np.ndarray:
+        """Column means of the finite cells; InputError if a column with bad cells has no finite one."""
+        finite = self.rows - self.bad
+        empty = np.flatnonzero((finite == 0) & (self.bad > 0))
+        if empty.size:
+            raise InputError(f"{source}: column {int(empty[0])} has no finite value (all missing or infinite)")
+        return self.sums / np.maximum(finite, 1)
+
+
+def _fill_rows(block: np.ndarray, means: np.ndarray, bad: Optional[np.ndarray] = None) -> np.ndarray:
+    """Replace, in place, the non-finite cells of block by the column means."""
+    if bad is None:
+        bad = ~np.isfinite(block)
+    if bad.any():
+        np.copyto(block, np.broadcast_to(means, block.shape), where=bad)
+    return block
+
+
+# ---------------------------------------------------------------------------------------------- uniform row samples
+
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = 0x9E3779B97F4A7C15
+SAMPLE_FIT = 1  # salts: the rows an RKME is fitted on, and the rows its error is measured on
+SAMPLE_ERROR = 2
+
+
+def _mix64(v: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters consecutive integers uniformly."""
+    v = v ^ (v >> np.uint64(30))
+    v = v * _MIX1
+    v = v ^ (v >> np.uint64(27))
+    v = v * _MIX2
+    return v ^ (v >> np.uint64(31))
+
+
+def _key_offset(seed: int, salt: int) -> np.uint64:
+    with np.errstate(over="ignore"):
+        return _mix64(np.array([(int(seed) * _GOLDEN + salt * 0xD1B54A32D192ED03) % (1 << 64)], dtype=np.uint64))[0]
+
+
+def row_keys(start: int, count: int, seed: int, salt: int) -> np.ndarray:
+    """Random keys of rows start .. start + count - 1 for (seed, salt): each a function of the row's
+    index only, all distinct (a bijection of index + offset), so the rows with the m smallest keys are
+    a uniform sample without replacement, the same whether the table is read at once or in blocks."""
+    with np.errstate(over="ignore"):
+        index = np.arange(start, start + count, dtype=np.uint64) + _key_offset(seed, salt)
+        return _mix64(index)
+
+
+def sample_indices(n: int, m: int, seed: int, salt: int = SAMPLE_FIT) -> np.ndarray:
+    """Indices (sorted) of a uniform sample of min(m, n) of n rows, deterministic for (seed, salt):
+    the rows with the smallest ``row_keys`` (what ``scan_table`` keeps while it streams)."""
+    if m >= n:
+        return np.arange(n)
+    keys = row_keys(0, n, seed, salt)
+    return np.sort(np.argpartition(keys, m - 1)[:m])
+
+
+class _RowSample:
+    """The rows with the m smallest keys among those fed so far (bottom-m sampling), in a bounded buffer."""
+
+    def __init__(self, m: int, seed: int, salt: int, width: int):
+        self.m, self.seed, self.salt = m, seed, salt
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.index = np.empty(0, dtype=np.int64)
+        self.rows = np.empty((0, width))
+        self.pending: list = []
+        self.pending_count = 0
+        self.threshold: Optional[np.uint64] = None
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        keys = row_keys(start, block.shape[0], self.seed, self.salt)
+        index = np.arange(start, start + block.shape[0], dtype=np.int64)
+        if self.threshold is not None:
+            keep = keys < self.threshold
+            if not keep.any():
+                return
+            keys, index, block = keys[keep], index[keep], block[keep]
+        self.pending.append((keys, index, block))  # blocks are fresh arrays: kept without a copy
+        self.pending_count += keys.shape[0]
+        if self.pending_count >= max(self.m, 4096):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the m smallest keys of the kept and pending rows: the keys are chosen first, then the
+        rows are gathered once into a new buffer (memory: old + pending + m rows, never a concatenation)."""
+        if not self.pending:
+            return
+        parts = [(self.keys, self.index, self.rows)] + self.pending
+        keys = np.concatenate([p[0] for p in parts])
+        index = np.concatenate([p[1] for p in parts])
+        keep = np.arange(keys.shape[0]) if keys.shape[0] <= self.m else np.sort(np.argpartition(keys, self.m - 1)[: self.m])
+        rows = np.empty((keep.shape[0], self.rows.shape[1]))
+        bounds = np.cumsum([0] + [p[0].shape[0] for p in parts])
+        for (_, _, part_rows), lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+            a, b = np.searchsorted(keep, [lo, hi])
+            rows[a:b] = part_rows[keep[a:b] - lo]
+        self.pending, self.pending_count = [], 0
+        self.keys, self.index, self.rows = keys[keep], index[keep], rows
+        if self.keys.shape[0] >= self.m:
+            self.threshold = self.keys.max()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row indices, rows), in row order."""
+        self._compact()
+        order = np.argsort(self.index, kind="stable")
+        if np.all(order[:-1] < order[1:]):
+            return self.index, self.rows
+        return self.index[order], self.rows[order]
+
+
+# ---------------------------------------------------------------------------------------------- reading whole tables
+
+
+def read_table(path) -> np.ndarray:
+    """Load a 2-D numeric table from .csv/.txt/.tsv, .parquet, .npy or .npz (first array) -> float64 (n, d).
+
+    1-D arrays are read as one column (a label vector).
+    """
+    return read_matrix(path).values
+
+
+def _read_table_and_header(path) -> tuple[np.ndarray, Optional[list]]:
+    """read_table, plus the header's column names (None for arrays and header-less CSV)."""
+    table = read_matrix(path)
+    return table.values, table.header
 
 
 @dataclass(frozen=True)
@@ -131,7 +618,7 @@ class Matrix:
     values: np.ndarray
     replaced: int
     path: Path
-    header: Optional[list] = None  # a CSV header's column names, when the file has one
+    header: Optional[list] = None  # the column names of a CSV header or a Parquet file
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -139,41 +626,203 @@ class Matrix:
 
 
 def nonfinite_cells(arr) -> int:
-    """How many cells of a numeric array are NaN or infinite."""
-    return int(np.count_nonzero(~np.isfinite(np.asarray(arr, dtype=np.float64))))
+    """How many cells of a numeric array are NaN or infinite (counted in blocks: no full-size mask)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "biu":
+        return 0
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    return int(sum(flat.shape[0] * flat.shape[1] - np.count_nonzero(np.isfinite(flat[r : r + ARRAY_BLOCK_ROWS])) for r in range(0, flat.shape[0], ARRAY_BLOCK_ROWS)) if flat.size else 0)
 
 
-def fill_column_means(arr: np.ndarray, source: str = "data") -> tuple[np.ndarray, int]:
-    """(copy of arr with NaN/inf cells replaced by their column's finite mean, how many were replaced).
+def column_stats(arr: np.ndarray) -> _ColumnStats:
+    """Finite counts and sums per column of a float (n, d) array, a block of rows at a time."""
+    stats = _ColumnStats(arr.shape[1])
+    for r0 in range(0, arr.shape[0], ARRAY_BLOCK_ROWS):
+        stats.add(arr[r0 : r0 + ARRAY_BLOCK_ROWS])
+    return stats
 
-    InputError if a column has no finite value at all.
+
+def fill_column_means(arr: np.ndarray, source: str = "data", copy: bool = True) -> tuple[np.ndarray, int]:
+    """(arr with NaN/inf cells replaced by their column's finite mean, how many were replaced).
+
+    copy=True (the default) never modifies arr: the result is a new array when
+    cells are replaced, and arr itself, unchanged, when there is nothing to
+    replace. copy=False fills arr (float64) in place. InputError if a column
+    with such cells has no finite value at all.
     """
-    x = np.array(arr, dtype=np.float64)
-    bad = ~np.isfinite(x)
-    count = int(np.count_nonzero(bad))
+    x = np.asarray(arr, dtype=np.float64)
+    stats = column_stats(x)
+    count = stats.replaced
     if count:
-        finite = (~bad).sum(axis=0)
-        empty = np.flatnonzero(finite == 0)
-        if empty.size:
-            raise InputError(f"{source}: column {int(empty[0])} has no finite value (all missing or infinite)")
-        means = np.where(bad, 0.0, x).sum(axis=0) / finite
-        x = np.where(bad, means[None, :], x)
+        means = stats.means(source)
+        if copy and isinstance(arr, np.ndarray) and np.may_share_memory(x, arr):
+            x = x.copy()
+        for r0 in range(0, x.shape[0], ARRAY_BLOCK_ROWS):
+            _fill_rows(x[r0 : r0 + ARRAY_BLOCK_ROWS], means)
     return x, count
 
 
+class _Assembler:
+    """Collects row blocks into one float64 (n, d) array, with the column statistics on the way."""
+
+    def __init__(self, width: int, rows: Optional[int]):
+        self.stats = _ColumnStats(width)
+        self.width = width
+        self.out = np.empty((rows, width)) if rows is not None else None
+        self.blocks: list = []  # blocks of a table of unknown length, with their bad-cell masks
+
+    def add(self, block: np.ndarray) -> None:
+        start = self.stats.rows
+        bad = self.stats.add(block)
+        if self.out is not None:
+            self.out[start : start + block.shape[0]] = block
+            if bad is not None:
+                self.blocks.append((start, block.shape[0]))
+        else:
+            self.blocks.append((block, bad))
+
+    def finish(self, fill: bool, source: str) -> np.ndarray:
+        means = self.stats.means(source) if fill and self.stats.replaced else None
+        if self.out is not None:
+            if means is not None:
+                for start, count in self.blocks:
+                    _fill_rows(self.out[start : start + count], means)
+            return self.out
+        # one allocation, filled block by block while the blocks are let go: peak ~1x the table, not 2x
+        out = np.empty((self.stats.rows, self.width))
+        start = 0
+        blocks, self.blocks = self.blocks, []
+        for i, (block, bad) in enumerate(blocks):
+            if means is not None and bad is not None:
+                _fill_rows(block, means, bad)
+            out[start : start + block.shape[0]] = block
+            start += block.shape[0]
+            blocks[i] = None
+        return out
+
+
 def read_matrix(path, fill: bool = False) -> Matrix:
-    """``read_table`` that also says how many cells were missing or infinite (``Matrix.replaced``).
+    """Read a table: CSV (header optional), Parquet, .npy or .npz, and say how many cells were missing
+    or infinite (``Matrix.replaced``).
 
     fill=True replaces them by their column's mean here (as ``lw spec`` and
     the RKME fit do); otherwise they are returned as read (NaN, ±inf).
     """
     path = Path(path)
-    arr, header = _read_table_and_header(path)
-    if fill:
-        arr, count = fill_column_means(arr, str(path))
+    source = _table_source(path)
+    if source.rows is not None:
+        _check_shape(source, source.rows)
+    if source.columns is not None:  # Parquet: a column at a time into the one array
+        assembled = _Assembler(source.width, source.rows)
+        for j in range(source.width):
+            values = source.columns(j)
+            assembled.stats.add_column(j, values)
+            assembled.out[:, j] = values
+            del values
+        assembled.stats.rows = source.rows
+        if assembled.stats.replaced:
+            assembled.blocks = [(r0, min(ARRAY_BLOCK_ROWS, source.rows - r0)) for r0 in range(0, source.rows, ARRAY_BLOCK_ROWS)]
     else:
-        count = nonfinite_cells(arr)
-    return Matrix(arr, count, path, header)
+        assembled = _consume(source, lambda: _Assembler(source.width, source.rows))
+    _check_shape(source, assembled.stats.rows)
+    values = assembled.finish(fill, str(path))
+    return Matrix(values, assembled.stats.replaced, path, source.header)
+
+
+# ---------------------------------------------------------------------------------------------- scanning without holding the table
+
+
+@dataclass
+class TableScan:
+    """What one pass over a table file keeps: its size, header, missing-cell count, column means, and
+    uniform row samples (already filled with the column means), never the whole table.
+
+    samples: name -> (row indices (m,), rows float64 (m, d)), in row order; all rows when the table has
+    no more than the sample's size.
+    """
+
+    path: Path
+    rows: int
+    width: int
+    header: Optional[list]
+    replaced: int
+    means: np.ndarray
+    samples: dict = field(default_factory=dict)
+
+
+class _Scanner:
+    def __init__(self, width: int, sizes: dict, seed: int):
+        self.stats = _ColumnStats(width)
+        self.samples = {name: _RowSample(m, seed, salt, width) for name, (m, salt) in sizes.items()}
+
+    def add(self, block: np.ndarray) -> None:
+        start = self.stats.rows
+        self.stats.add(block)
+        for sample in self.samples.values():
+            sample.add(start, block)
+
+
+def scan_table(path, samples: dict, seed: int = 0) -> TableScan:
+    """One streaming pass over a table file: ``TableScan`` with, for each name -> (m, salt) of samples,
+    the uniform sample of m rows ``sample_indices(rows, m, seed, salt)`` picks. Memory: the samples and one block.
+
+    The same checks and messages as ``read_matrix(path, fill=True)``.
+    """
+    path = Path(path)
+    source = _table_source(path)
+    if source.columns is not None:  # Parquet: a column at a time, with the rows known up front
+        _check_shape(source, source.rows)
+        stats = _ColumnStats(source.width)
+        stats.rows = source.rows
+        picked = {name: sample_indices(source.rows, m, seed, salt) for name, (m, salt) in samples.items()}
+        rows = {name: np.empty((len(index), source.width)) for name, index in picked.items()}
+        for j in range(source.width):
+            values = source.columns(j)
+            stats.add_column(j, values)
+            for name, index in picked.items():
+                rows[name][:, j] = values[index]
+            del values
+        out = {name: (picked[name], rows[name]) for name in picked}
+    else:
+        if source.rows is not None:
+            _check_shape(source, source.rows)
+        scanner = _consume(source, lambda: _Scanner(source.width, samples, seed))
+        stats = scanner.stats
+        _check_shape(source, stats.rows)
+        out = {name: sample.result() for name, sample in scanner.samples.items()}
+    means = stats.means(str(path)) if stats.replaced else stats.sums / max(stats.rows, 1)
+    if stats.replaced:
+        for _, sample_rows in out.values():
+            _fill_rows(sample_rows, means)
+    release_free_memory()  # the parser's buffers are free now: let the fit that follows reuse the pages
+    return TableScan(path, stats.rows, source.width, source.header, stats.replaced, means, out)
+
+
+def release_free_memory() -> None:
+    """Hand memory that is freed but still held by the allocators back to the system (glibc's
+    malloc_trim, pyarrow's pool), so that the next stage's peak does not stack on this one's."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+            if trim is not None:
+                trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+                _malloc_trim = trim
+        except (OSError, AttributeError):
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None and hasattr(pyarrow.MemoryPool, "release_unused"):
+        pyarrow.default_memory_pool().release_unused()  # the Parquet reader's (mimalloc or jemalloc) pool
+
+
+_malloc_trim = None  # glibc's malloc_trim once looked up; False where there is none
 
 
 def read_vector(path) -> np.ndarray:

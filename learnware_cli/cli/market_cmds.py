@@ -50,13 +50,16 @@ def list_learnwares(
 
     opened = open_market(market)
     query = parse_tag_filters(tag, opened.vocabulary)
-    found = semantic_search(opened.entries(), query, name, opened.vocabulary)
-    shown = found if limit <= 0 else found[:limit]
-    rows = [summary(entry) for entry, _ in shown]
+    if query or name or limit <= 0:
+        found = semantic_search(opened.entries(), query, name, opened.vocabulary)
+        count, shown = len(found), [entry for entry, _ in (found if limit <= 0 else found[:limit])]
+    else:  # no filter: one page of the catalog, whatever the market's size
+        count, shown = opened.count(), opened.page(limit)
+    rows = [summary(entry) for entry in shown]
     columns = ["id", "name", "version", "task", "scenario", "input_dim", "output_dim"]
-    title = f"{opened.name}: {len(found)} learnware(s)" + (f", showing {len(rows)} (--limit 0 for all)" if len(rows) < len(found) else "")
+    title = f"{opened.name}: {count} learnware(s)" + (f", showing {len(rows)} (--limit 0 for all)" if len(rows) < count else "")
     Output(json_output).emit(
-        {"ok": True, "market": str(opened.root), "count": len(found), "learnwares": rows},
+        {"ok": True, "market": str(opened.root), "count": count, "learnwares": rows},
         lambda c: c.print(table(title, columns, [[r[k] for k in columns] for r in rows])),
     )
 

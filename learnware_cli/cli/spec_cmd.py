@@ -18,7 +18,7 @@ ERROR_SAMPLE_ROWS = 10_000
 
 
 def spec(
-    data: Path = typer.Argument(..., help="Data to summarise: rows (.csv, header optional, .npy, .npz), images (.npy/.npz arrays, a folder of PNG/JPEG) or texts (.txt one per line, .jsonl, a CSV column)."),
+    data: Path = typer.Argument(..., help="Data to summarise: rows (.csv, header optional, .parquet, .npy, .npz), images (.npy/.npz arrays, a folder of PNG/JPEG) or texts (.txt one per line, .jsonl, a CSV column)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the specification JSON."),
     market: Optional[Path] = typer.Option(None, "--market", "-m", envvar=DEFAULT_MARKET_ENV, help="Take gamma and K from this market (recommended; default $LW_MARKET if set)."),
     gamma: Optional[float] = gamma_option("Kernel width (default: the market's, else 0.1)."),
@@ -36,12 +36,9 @@ def spec(
 
     Example: lw spec reviews.csv --text-column review --market ./market --out texts.json  (images: lw spec photos/ ...)
     """
-    import numpy as np
-
-    from learnware_cli.data_io import check_output_path, read_matrix, write_text_atomic
+    from learnware_cli.data_io import SAMPLE_ERROR, SAMPLE_FIT, check_output_path, release_free_memory, scan_table, write_text_atomic
     from learnware_cli.errors import InputError
-    from learnware_cli.rkme import approximation_error, fit_rkme
-    from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K
+    from learnware_cli.rkme.spec import DEFAULT_GAMMA, DEFAULT_K, fit_sample_rows
 
     output = Output(json_output)
     check_output_path(out)  # before the fit: a bad --out must not cost the work
@@ -66,29 +63,39 @@ def spec(
         explicit_k = k if k_from == "--k" else None  # images: the reference's 16 unless asked
         _spec_of_kind(output, read_data(data, kind, text_column), out, explicit_k if kind == "image" else k, gamma, seed, steps if steps != 3 else None, embedder)
         return
-    table = read_matrix(data, fill=True)
-    x = table.values
-    if k > len(x):
+    # one streaming pass: the row count, missing cells, column means and two uniform samples (the rows
+    # the fit sees, as fit_rkme would pick them from the whole table, and the rows the error is measured
+    # on); the table itself is never held in memory
+    table = scan_table(data, {"fit": (fit_sample_rows(max(k, 1)), SAMPLE_FIT), "error": (ERROR_SAMPLE_ROWS, SAMPLE_ERROR)}, seed=seed)
+    rows = table.rows
+    if k > rows:
         raise InputError(
-            f"{data} has {len(x)} rows, fewer than K={k} ({k_from}): give --k {len(x)} or less, or more rows"
+            f"{data} has {rows} rows, fewer than K={k} ({k_from}): give --k {rows} or less, or more rows"
         )
+    from learnware_cli.rkme import approximation_error, fit_rkme
+
+    x = table.samples["fit"][1]
     started = time.perf_counter()
-    with output.progress(f"fitting RKME on {x.shape[0]} x {x.shape[1]}", total=1) as update:
-        fitted = fit_rkme(x, k=k, gamma=gamma, steps=steps, seed=seed, on_stage=lambda name, done, total: update(done, total, name))
+    with output.progress(f"fitting RKME on {rows} x {table.width}", total=1) as update:
+        fitted = fit_rkme(x, k=k, gamma=gamma, steps=steps, seed=seed, num_points=rows, on_stage=lambda name, done, total: update(done, total, name))
     elapsed = time.perf_counter() - started
+    fitted_rows = len(x)
+    del x
+    release_free_memory()
     # the exact error costs n^2 kernel evaluations: on big data, measure it on a sample
-    error_rows = x if len(x) <= ERROR_SAMPLE_ROWS else x[np.random.default_rng(seed).choice(len(x), ERROR_SAMPLE_ROWS, replace=False)]
+    error_rows = table.samples["error"][1]
     error = approximation_error(fitted, error_rows)
     write_text_atomic(out, json.dumps(fitted.to_json_dict(), separators=(",", ":")))  # as RKMESpec.save, whole or not at all
     data_out = {
         "ok": True,
         "out": str(out),
-        "rows": int(x.shape[0]),
+        "rows": int(rows),
         "dim": fitted.dim,
         "K": fitted.size,
         "gamma": fitted.gamma,
         "approximation_error": error,
         "error_rows": int(len(error_rows)),
+        "fit_rows": int(fitted_rows),
         "replaced_cells": table.replaced,
         "seconds": round(elapsed, 4),
     }
@@ -96,9 +103,10 @@ def spec(
     output.emit(
         data_out,
         lambda c: c.print(
-            f"Wrote {safe(out)}: RKME of {x.shape[0]} rows x {fitted.dim} columns, K={fitted.size}, "
+            f"Wrote {safe(out)}: RKME of {rows} rows x {fitted.dim} columns, K={fitted.size}, "
             f"gamma={fitted.gamma:g}, approximation error {fmt_float(error, 3)}"
-            + (f" (on a sample of {len(error_rows)} rows)" if len(error_rows) < len(x) else "")
+            + (f" (on a sample of {len(error_rows)} rows)" if len(error_rows) < rows else "")
+            + (f", fitted on a sample of {fitted_rows} rows" if fitted_rows < rows else "")
             + replaced
             + f" ({elapsed:.2f} s)",
             highlight=False,

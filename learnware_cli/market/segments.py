@@ -38,7 +38,7 @@ import numpy as np
 SEGMENTS_DIR = "segments"
 TABLE = "table"
 MERGE_FANOUT = 8  # this many segments of one level are merged into one of the next
-SKETCH_FEATURES = 256  # D' frequencies -> D = 2 D' sketch values (see search.sketch)
+SKETCH_FEATURES = 512  # D sketch values per learnware (D/2 frequencies; see search.sketch)
 SKETCH_SEED = 20261125  # fixed: a sketch is an approximation re-ranked exactly, not a secret
 
 
@@ -79,10 +79,11 @@ def _uses_rbf(spec_class) -> bool:
     return bool(getattr(spec_class, "rbf_kernel", False))
 
 
-def sketch_frequencies(dim: int, gamma: float):
+def sketch_frequencies(dim: int, gamma: float, n_features: int = SKETCH_FEATURES):
+    """The market's fixed random frequencies for an island (a segment's sketch length says which n_features)."""
     from learnware_cli.search.sketch import frequencies
 
-    return frequencies(dim, gamma, SKETCH_FEATURES, SKETCH_SEED)
+    return frequencies(dim, gamma, n_features, SKETCH_SEED)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -83,6 +83,7 @@ def search(
     mixture_method: str = "closest",
     user_semantic: Optional[dict] = None,
     match: str = "auto",
+    exact: bool = False,
 ) -> SearchResult:
     """Find learnwares for a user: see the module docstring for the rules.
 
@@ -91,12 +92,16 @@ def search(
     search, kept to compare the two on the same users).
     user_semantic: a semantic spec whose Input block describes the user's
     columns (Description, optionally Features), for match "features"/"auto".
+    exact: rank a large island by every learnware's MMD^2 rather than the
+    two-stage sketch search (see _search_island).
     """
     if match not in MATCH_MODES:
         raise InputError(f"unknown match {match!r} (expected one of {', '.join(MATCH_MODES)})")
-    index = market.read_index()
     result = SearchResult(market=str(market.root))
     filtered = bool(tags) or bool(text)
+    # the whole index only where every entry is needed (tags, text, features, islands): a plain
+    # search by RKME reads the island's segments and the few entries it reports
+    index = market.read_index() if filtered or user_spec is None or user_semantic or user_spec.island_key().kind != TABLE_KIND else None
     ranked = semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary) if filtered or user_spec is None else []
     if user_spec is None:
         result.considered = len(ranked)
@@ -108,14 +113,14 @@ def search(
         if match == "features":
             raise InputError(f"--match features compares table columns; yours is a {user_spec.type_name}")
         return _search_kind(market, index, user_spec, allowed, k, all_versions, progress, result, mixture)
-    if match != "island":
+    if match != "island" and user_semantic:
         user_features = _user_features(index, user_spec, user_semantic)
         if any(f is not None for f in user_features):
             if all_versions:
                 raise InputError("--all-versions ranks within the user's island only (add --match island)")
             return _search_features(market, index, user_spec, user_features, allowed, k, mixture, mixture_method, progress, result)
-        if match == "features":
-            raise InputError("none of your columns is a market feature: describe them (a CSV header, --columns) as the learnwares do (`lw features`)")
+    if match == "features":
+        raise InputError("none of your columns is a market feature: describe them (a CSV header, --columns) as the learnwares do (`lw features`)")
 
     if not same_island(island, IslandKey(TABLE_KIND, island.dim, market.gamma)):
         raise SpecError(
@@ -124,33 +129,100 @@ def search(
         )
     result.mode = "statistical"
     result.user = {"dim": user_spec.dim, "K": user_spec.size, "gamma": user_spec.gamma}
-    stack, members = cache.current(market, index, island.dim, all_versions=all_versions, progress=progress)
-    if stack is None:
-        return result
-    if allowed is not None:
-        rows = np.array([i for i, (_, entry, _) in enumerate(members) if entry["id"] in allowed], dtype=int)
-    else:
-        rows = np.arange(len(members))
+    return _search_island(market, user_spec, allowed, k, all_versions, mixture, mixture_method, exact, result)
+
+
+TWO_STAGE_FROM = 20_000  # live learnwares in an island from which the sketch stage runs (below it exact search takes < 0.2 s)
+
+
+def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions, mixture, mixture_method, exact, result) -> SearchResult:
+    """Rank the user's island (table RKMEs of her width) by MMD^2, from the market's search segments.
+
+    Below TWO_STAGE_FROM learnwares (or with exact=True): every learnware's
+    MMD^2 on the device (float32, batched), then the reported ones re-scored
+    in float64. From TWO_STAGE_FROM on: the sketch stage (search.sketch: the
+    random-feature distance over every learnware, plus the learnwares of
+    smallest <S, S>) picks CANDIDATES, whose float64 MMD^2 decides the ranking.
+    Either way the top k and the mixture pool come from float64 MMD^2.
+    """
+    from learnware_cli.market.segments import island_name
+    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, find_mixture, self_product, similarity
+
+    view = market.island_view(island_name(TABLE_KIND, user_spec.dim), all_versions)
+    ids, versions = view.keys()
+    rows = np.arange(ids.size) if allowed is None else np.flatnonzero(np.isin(ids, np.array([int(a) for a in allowed], dtype=np.int64)))
     result.considered = int(rows.size)
     if rows.size == 0:
         return result
-
-    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, find_mixture, self_product, similarity
-
-    distances = user_spec.mmd2_to_stack(_device_stack(market, stack, island.dim, all_versions))[rows]
-    order = rows[np.argsort(distances, kind="stable")]
-    top = order[:k]
-    mmd, selfs = exact_mmd2(user_spec, stack.zs[top], stack.betas[top])
-    scores = similarity(mmd, self_product(user_spec), selfs)
-    for row, row_mmd, score in zip(top, mmd, scores):
-        _, entry, record = members[row]
-        result.single.append({**_describe(entry, record), "mmd2": max(float(row_mmd), 0.0), "score": round(float(score), 4)})
-
+    pool_size = max(k, MIXTURE_POOL if mixture and k > 1 else k)
+    if not exact and view.sketchable and rows.size >= TWO_STAGE_FROM:
+        candidates = _sketch_candidates(view, user_spec, rows)
+        zs, betas, _ = view.gather(candidates)
+        mmd, selfs = exact_mmd2(user_spec, zs, betas)
+        ranked = np.lexsort((candidates, mmd))
+        order, order_mmd, order_selfs = candidates[ranked], mmd[ranked], selfs[ranked]
+        result.user["stage"] = {"method": "sketch", "candidates": int(candidates.size)}
+        pool = order[:pool_size]
+        pool_z, pool_beta = zs[ranked[:pool_size]], betas[ranked[:pool_size]]
+        top_mmd, top_selfs = order_mmd[:k], order_selfs[:k]
+    else:
+        stack = _dense_stack(market, view, user_spec.dim, all_versions)
+        distances = user_spec.mmd2_to_stack(stack)[rows]
+        order = rows[np.argsort(distances, kind="stable")]
+        pool = order[:pool_size]
+        pool_z, pool_beta, _ = view.gather(pool)
+        top_mmd, top_selfs = exact_mmd2(user_spec, pool_z[:k], pool_beta[:k])
+        result.user["stage"] = {"method": "exact"}
+    scores = similarity(top_mmd, self_product(user_spec), top_selfs)
+    described = _describe_rows(market, ids, versions, pool)
+    for position, (row_mmd, score) in enumerate(zip(top_mmd, scores)):
+        result.single.append({**described[position], "mmd2": max(float(row_mmd), 0.0), "score": round(float(score), 4)})
     if mixture and k > 1:
-        pool = order[:MIXTURE_POOL]
-        found = find_mixture(user_spec, stack.zs[pool], stack.betas[pool], max_size=k, method=mixture_method)
-        result.mixture = _mixture_doc(found, [members[row] for row in pool])
+        found = find_mixture(user_spec, pool_z, pool_beta, max_size=k, method=mixture_method)
+        result.mixture = _mixture_doc_described(found, described)
     return result
+
+
+def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarray:
+    """The sketch stage: view positions (among rows) to re-score exactly (search.sketch.candidates, over every segment)."""
+    from learnware_cli.market.segments import sketch_frequencies
+    from learnware_cli.search import sketch
+
+    segments_sketches, lives = view.sketches()
+    omega = sketch_frequencies(user_spec.dim, user_spec.gamma, segments_sketches[0].shape[1])
+    user = sketch.sketch_one(user_spec.z, user_spec.beta, omega).astype(np.float32)
+    distances = np.empty(view.count)
+    selfs = np.empty(view.count)
+    offset = 0
+    for segment, live in zip(view.segments, lives):
+        n = int(live.sum())
+        block = np.asarray(segment.sketch)[live] if not live.all() else segment.sketch
+        for start in range(0, n, sketch.NEAREST_BLOCK):
+            chunk = np.asarray(block[start : start + sketch.NEAREST_BLOCK], dtype=np.float32)
+            distances[offset + start : offset + start + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+        selfs[offset : offset + n] = np.asarray(segment.selfs)[live]
+        offset += n
+    restrict = None if rows.size == view.count else rows
+    near = sketch.smallest(distances, sketch.DEFAULT_CANDIDATES, restrict)
+    return sketch.merge_candidates(near, selfs, sketch.DEFAULT_SELF_CANDIDATES, restrict)
+
+
+def _describe_rows(market: Market, ids: np.ndarray, versions: np.ndarray, positions) -> list[dict]:
+    """_describe of view positions, reading only their entries."""
+    out = []
+    for position in positions:
+        learnware_id, version = f"{int(ids[position]):08d}", int(versions[position])
+        entry = market.entry(learnware_id)
+        out.append(_describe(entry, market.version_record(entry, version)))
+    return out
+
+
+def _mixture_doc_described(found, described: list) -> dict:
+    return {
+        "learnwares": [{**described[p], "weight": round(float(w), 6)} for p, w in zip(found.members, found.weights)],
+        "mmd2": found.mmd2,
+        "score": round(found.score, 4),
+    }
 
 
 def _mixture_doc(found, pool_members: list) -> dict:
@@ -171,16 +243,15 @@ def _mixture_doc(found, pool_members: list) -> dict:
 _DEVICE_STACKS: dict = {}
 
 
-def _device_stack(market: Market, stack: cache.CachedStack, dim: int, all_versions: bool):
-    """The stack as device arrays, kept per process so repeated searches skip the copy."""
+def _dense_stack(market: Market, view, dim: int, all_versions: bool):
+    """Every live row of an island as device arrays (the exact path), kept per process while the market is unchanged."""
     from learnware_cli.rkme.spec import SpecStack
 
-    key = (str(market.root.resolve()), dim, stack.generation, all_versions, stack.count)
+    key = (str(market.root.resolve()), market.config.get("created", ""), market.generation, dim, all_versions)
     if key not in _DEVICE_STACKS:
         _DEVICE_STACKS.clear()  # one market at a time: keep memory bounded
-        _DEVICE_STACKS[key] = SpecStack.from_arrays(
-            stack.zs, stack.betas, stack.gamma, self_products=stack.self_products, count=stack.count
-        )
+        zs, betas, selfs = view.dense()
+        _DEVICE_STACKS[key] = SpecStack.from_arrays(zs, betas, market.gamma, self_products=selfs, count=zs.shape[0])
     return _DEVICE_STACKS[key]
 
 

@@ -2,8 +2,9 @@
 
 Kinds (``KINDS``) and what a file of each holds:
 
-- table: rows x columns (.csv with an optional header, .npy, .npz), read by
-  ``data_io.read_matrix`` (missing cells -> column means);
+- table: rows x columns (.csv with an optional header, .parquet, .npy, .npz),
+  read by ``data_io.read_matrix`` (missing cells -> column means; `lw spec`
+  streams the file with ``data_io.scan_table`` instead and never holds it);
 - image: images (.npy / .npz arrays N x H x W, N x H x W x C or N x C x H x W,
   or a folder of PNG/JPEG files), read by ``specs.image_data.read_images``;
 - text: documents (.txt one per line, .csv/.tsv with a text column, .jsonl),

@@ -1,0 +1,132 @@
+"""`make bench --only scale`: a market of 10^4, 10^5 (and, with LW_BENCH_HUGE=1, 10^6) learnwares, built with the
+bulk path (``experiment.synthetic.write_spec_only_learnwares``: spec-only entries, K = 100, d = 20).
+
+For each size: build time and bytes on disk per learnware (all of it, and the index: catalog + search
+segments), cold `lw search` as a whole process (median of 3, with its peak RSS), warm search in-process
+(two-stage and exact), recall@5 of the two-stage search against the exact one over 40 users, cold
+`lw list --limit 20`, `lw --help`, and the time to add 1 000 learnwares and one learnware to the market
+(beside one learnware into an empty market).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = (10_000, 100_000)
+HUGE = 1_000_000
+K, DIM = 100, 20
+
+
+def _specs(count: int, rng, centers=None):
+    from learnware_cli.rkme.spec import RKMESpec
+
+    centers = rng.normal(size=(count, DIM)) * 3 if centers is None else centers
+    out = []
+    for i in range(count):
+        beta = rng.uniform(size=K)
+        out.append(RKMESpec(z=centers[i] + rng.normal(size=(K, DIM)), beta=beta / beta.sum(), gamma=0.1, num_points=1000))
+    return out
+
+
+def _fill(market, count: int, rng, chunk: int = 5000) -> None:
+    from learnware_cli.experiment.synthetic import spec_only_semantic, write_spec_only_learnwares
+
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        write_spec_only_learnwares(market, _specs(n, rng), [spec_only_semantic(f"lw {start + i}", DIM) for i in range(n)], chunk=chunk)
+
+
+def _disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _process(cmd: list) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one whole process."""
+    wrapper = "import resource, subprocess, sys, time; t = time.perf_counter(); subprocess.run(sys.argv[1:], check=True, capture_output=True); " \
+              "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)"
+    out = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def _median_process(cmd: list, repeats: int = 3) -> tuple[float, float]:
+    runs = [_process(cmd) for _ in range(repeats)]
+    return float(np.median([r[0] for r in runs])), max(r[1] for r in runs)
+
+
+def _lw() -> list:
+    return [sys.executable, "-m", "learnware_cli"]
+
+
+def bench_scale() -> None:
+    from learnware_cli.bench import ARGS, median_time, record
+    from learnware_cli.market.store import Market
+    from learnware_cli.search import engine
+    from learnware_cli.search.engine import search
+
+    sizes = (10_000,) if ARGS.quick else SIZES + ((HUGE,) if os.environ.get("LW_BENCH_HUGE") == "1" else ())
+    seconds, _ = _median_process(_lw() + ["--help"], 5)
+    record("scale", "`lw --help`", seconds, "whole process", "<= 0.3 s")
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("LW_BENCH_DIR")) as tmp:
+        tmp = Path(tmp)
+        empty = Market.create(tmp / "empty")
+        started = time.perf_counter()
+        _fill(empty, 1, rng)
+        one_empty = time.perf_counter() - started
+        for m in sizes:
+            market = Market.create(tmp / f"m{m}")
+            started = time.perf_counter()
+            _fill(market, m, rng)
+            built = time.perf_counter() - started
+            total = _disk_bytes(market.root)
+            index_bytes = (market.root / "index.sqlite").stat().st_size + _disk_bytes(market.root / "segments")
+            record("scale", f"build {m} learnwares (bulk path)", built,
+                   f"{total / m / 1024:.1f} KiB/learnware on disk, index (catalog + segments) {index_bytes / m / 1024:.1f} KiB/learnware = {index_bytes / 2**30:.2f} GiB")
+
+            # users: near a market learnware (a real best match) and anywhere
+            stored = [market.version_dir(f"{i:08d}", 1) for i in rng.integers(1, m + 1, size=20)]
+            from learnware_cli.specs import load_spec
+
+            near = [load_spec(folder / "rkme.json") for folder in stored]
+            users = [type(s)(z=np.asarray(s.z) + rng.normal(size=np.shape(s.z)) * 0.3, beta=s.beta, gamma=s.gamma) for s in near] + _specs(20, rng)
+            user_path = tmp / "user.json"
+            users[0].save(user_path)
+
+            cold, rss = _median_process(_lw() + ["search", "--market", market.root, "--spec", user_path, "-k", "5", "--json"])
+            target = {100_000: "<= 1 s, <= 2 GB", HUGE: "<= 1.5 s, <= 2 GB"}.get(m, "")
+            record("scale", f"cold `lw search`, {m}", cold, f"whole process, peak RSS {rss:.0f} MB", target)
+            listed, _ = _median_process(_lw() + ["list", "--market", market.root, "--limit", "20", "--json"])
+            record("scale", f"cold `lw list --limit 20`, {m}", listed, "whole process", "<= 0.5 s" if m == HUGE else "")
+
+            warm = median_time(lambda: search(market, users[0], k=5), 5)
+            warm_exact = median_time(lambda: search(market, users[0], k=5, exact=True), 3)
+            stage = search(market, users[0], k=5).user.get("stage", {}).get("method")
+            record("scale", f"warm search, {m}", warm, f"{stage}; exact (--exact) {warm_exact:.3f} s", "<= 0.2 s" if m == HUGE else "")
+
+            saved = engine.TWO_STAGE_FROM
+            engine.TWO_STAGE_FROM = 0  # the sketch stage at every size, to measure its recall
+            try:
+                staged = [[r["id"] for r in search(market, u, k=5, mixture=False).single] for u in users]
+            finally:
+                engine.TWO_STAGE_FROM = saved
+            exact = [[r["id"] for r in search(market, u, k=5, mixture=False, exact=True).single] for u in users]
+            recall = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, staged)]))
+            record("scale", f"recall@5 two-stage vs exact, {m}", recall, f"{len(users)} users (20 near a learnware, 20 anywhere); a ratio, not seconds", ">= 0.99")
+
+            started = time.perf_counter()
+            _fill(market, 1000, rng, chunk=1000)
+            thousand = time.perf_counter() - started
+            record("scale", f"add 1 000 learnwares to {m}", thousand, "one bulk transaction")
+            started = time.perf_counter()
+            _fill(market, 1, rng)
+            one = time.perf_counter() - started
+            record("scale", f"add 1 learnware to {m}", one, f"into an empty market {one_empty:.3f} s", "no slower than empty")
+            shutil.rmtree(market.root)

@@ -1,0 +1,134 @@
+"""The index a market keeps for scale: a submit appends (its own catalog rows and search segment, nothing
+existing rewritten), small segments are merged without changing any answer, superseded and removed versions
+drop out of searches, and the two-stage (sketch, then exact) search finds what the exact search finds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learnware_cli.experiment.synthetic import spec_only_semantic, write_spec_only_learnwares
+from learnware_cli.market import segments as seg
+from learnware_cli.market.store import Market
+from learnware_cli.rkme.spec import RKMESpec
+from learnware_cli.search import engine
+from learnware_cli.search.engine import search
+
+GAMMA = 0.1
+D = 6
+
+
+def _specs(m: int, rng, k: int = 12, clusters: int = 0) -> list[RKMESpec]:
+    """m specs; with clusters > 0 they are mixtures of a few shared clusters (close to each other: a hard market)."""
+    specs = []
+    centers = rng.normal(size=(max(clusters, 1), D)) * 2
+    for _ in range(m):
+        if clusters:
+            weights = rng.dirichlet(np.full(clusters, 0.5))
+            z = centers[rng.choice(clusters, size=k, p=weights)] + rng.normal(size=(k, D)) * 0.7
+        else:
+            z = rng.normal(size=D) * 3 + rng.normal(size=(k, D))
+        beta = rng.uniform(size=k)
+        specs.append(RKMESpec(z=z, beta=beta / beta.sum(), gamma=GAMMA, num_points=100))
+    return specs
+
+
+def _fill(market: Market, specs: list, chunk: int = 5000) -> list[str]:
+    return write_spec_only_learnwares(market, specs, [spec_only_semantic(f"lw {i}", D) for i in range(len(specs))], chunk=chunk)
+
+
+def _segment_files(market: Market) -> dict:
+    return {p.relative_to(market.root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in (market.root / seg.SEGMENTS_DIR).rglob("*.npy")}
+
+
+def test_a_submit_appends_its_own_segment_and_rewrites_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    _fill(market, _specs(20, rng))
+    before = _segment_files(market)
+    catalog_before = (market.root / "index.sqlite").stat().st_size
+    _fill(market, _specs(1, rng))
+    after = _segment_files(market)
+    assert all(after[path] == stamp for path, stamp in before.items()), "an existing segment file was rewritten"
+    assert len(after) == len(before) + 6  # one new segment: ids, versions, zs, betas, selfs, sketch
+    assert (market.root / "index.sqlite").stat().st_size - catalog_before < 64 * 1024
+
+
+def test_small_segments_are_merged_and_no_answer_changes(tmp_path):
+    rng = np.random.default_rng(1)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    specs = _specs(40, rng)
+    for spec in specs:  # forty single submits: forty one-row segments, merged as they come
+        _fill(market, [spec])
+    names = market.island_view(seg.island_name("table", D)).segments
+    assert len(names) < 2 * seg.MERGE_FANOUT
+    users = _specs(5, np.random.default_rng(2))
+    market.remove("00000003")
+    before = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, mixture=False).single] for u in users]
+    market.compact(seg.island_name("table", D), everything=True)
+    view = market.island_view(seg.island_name("table", D))
+    assert len(view.segments) == 1 and view.segments[0].rows == 39  # the removed row is gone from the merged segment
+    after = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, mixture=False).single] for u in users]
+    assert [[i for i, _ in row] for row in after] == [[i for i, _ in row] for row in before]
+    assert np.allclose([m for row in after for _, m in row], [m for row in before for _, m in row], rtol=1e-9, atol=1e-12)
+    assert all("00000003" not in [i for i, _ in row] for row in after)
+
+
+def test_superseded_and_removed_versions_leave_the_search_and_the_previous_latest_comes_back(tmp_path):
+    from learnware_cli.market.store import NewVersion
+
+    rng = np.random.default_rng(3)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    first, replacement, other = _specs(3, rng)
+    _fill(market, [first, other])
+    (ident,) = [r["id"] for r in search(market, first, k=1, mixture=False).single]
+    assert ident == "00000001"
+    replacement.save(tmp_path / "r.json")
+    semantic = spec_only_semantic("renamed", D)
+    placeholder = market.version_dir("00000001", 1) / "package.zip"
+    market.add_versions([NewVersion({"package.zip": placeholder, "rkme.json": tmp_path / "r.json"}, semantic, {"input_dim": D, "output_dim": 1}, update_id="00000001")])
+    found = search(market, first, k=2, mixture=False).single
+    assert [(r["id"], r["version"]) for r in found][:1] != [("00000001", 1)]  # v1 no longer counts
+    assert ("00000001", 2) in {(r["id"], r["version"]) for r in search(market, replacement, k=1, mixture=False).single}
+    every = search(market, first, k=3, mixture=False, all_versions=True).single
+    assert ("00000001", 1) == (every[0]["id"], every[0]["version"])  # --all-versions still finds it
+    market.remove("00000001", 2)
+    entry = market.entry("00000001")
+    assert entry["name"] == "lw 0" and [r["version"] for r in entry["versions"]] == [1]  # the previous latest, name and all
+    assert (search(market, first, k=1, mixture=False).single[0]["id"], search(market, first, k=1, mixture=False).single[0]["version"]) == ("00000001", 1)
+
+
+@pytest.mark.parametrize("clusters", [0, 4])
+def test_two_stage_search_finds_what_exact_search_finds(tmp_path, monkeypatch, clusters):
+    """recall@5 of sketch-then-exact against exact MMD^2 over 40 users, on a spread and a crowded market."""
+    rng = np.random.default_rng(4 + clusters)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    _fill(market, _specs(3000, rng, clusters=clusters), chunk=1000)
+    users = _specs(40, np.random.default_rng(100 + clusters), clusters=clusters)
+    exact = [[r["id"] for r in search(market, u, k=5, mixture=False, exact=True).single] for u in users]
+    monkeypatch.setattr(engine, "TWO_STAGE_FROM", 1000)
+    results = [search(market, u, k=5, mixture=False) for u in users]
+    assert all(r.user["stage"]["method"] == "sketch" for r in results)
+    staged = [[r["id"] for r in res.single] for res in results]
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, staged)])
+    assert recall >= 0.99, recall
+    # the reported MMD^2 are the exact ones
+    one = search(market, users[0], k=5, mixture=False, exact=True).single
+    assert np.allclose([r["mmd2"] for r in results[0].single if r["id"] in {o["id"] for o in one}], [o["mmd2"] for o in one if o["id"] in set(staged[0])], rtol=1e-6, atol=1e-9)
+
+
+def test_lw_list_and_show_read_only_what_they_print(tmp_path, lw_json, monkeypatch):
+    rng = np.random.default_rng(5)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    _fill(market, _specs(30, rng))
+
+    def everything(*args, **kwargs):
+        raise AssertionError("read the whole index")
+
+    monkeypatch.setattr(Market, "read_index", everything)
+    code, doc = lw_json("list", "--market", market.root, "--limit", "5")
+    assert code == 0 and doc["count"] == 30 and [r["id"] for r in doc["learnwares"]] == [f"{i:08d}" for i in range(1, 6)]
+    users = _specs(1, rng)
+    users[0].save(tmp_path / "u.json")
+    code, doc = lw_json("search", "--market", market.root, "--spec", tmp_path / "u.json", "-k", "3")
+    assert code == 0 and len(doc["single"]) == 3, doc
