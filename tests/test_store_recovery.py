@@ -242,10 +242,11 @@ def _next_id_too_low(index):
      (_version_zero, "00000002"), (_next_id_too_low, None)],
 )
 def test_an_inconsistent_index_is_a_corrupt_index(market, lw_json, damage, damaged_id):
-    """Reading the whole index (list) finds any damage; a command on a damaged entry finds its damage. Nothing is deleted."""
+    """Reading the whole index (list --limit 0) finds any damage; a command on a damaged entry finds its damage.
+    Nothing is deleted."""
     _edit_index(market, damage)
     folders = _folders(market)
-    commands = [["list"]] + ([["show", damaged_id], ["remove", damaged_id]] if damaged_id else [])
+    commands = [["list", "--limit", "0"]] + ([["show", damaged_id], ["remove", damaged_id]] if damaged_id else [])
     for args in commands:
         code, doc = lw_json(*args, "--market", market.root)
         assert code == EXIT_MARKET and "corrupt index" in doc["message"] and "lw reindex --rebuild" in doc["message"], args

@@ -22,6 +22,13 @@ submitted code does happens here, never in the market process:
 Frames: u32 big-endian header length, a JSON header, u64 payload length and
 a payload that is either empty or one ``.npy`` array written with
 ``np.save(allow_pickle=False)``. Nothing is ever pickled across the boundary.
+
+The same module is also the *zygote* of ``pool.py`` (``--zygote``): a process
+that imports NumPy, SciPy, scikit-learn and joblib once, never reads a
+submitted byte, and forks one fresh child per model worker. The child moves
+the pipes lw sent it to fds 0-3 and then runs :func:`main` exactly as a cold
+worker does (steps 1-4 above): it is sandboxed before it reads anything of
+its package, and it is never reused.
 """
 
 from __future__ import annotations
@@ -392,5 +399,227 @@ def main(argv=None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- zygote (see pool.py)
+
+# What the zygote imports before it forks: NumPy, SciPy, joblib and the parts of
+# scikit-learn small models unpickle into, plus what main() needs. Installed code
+# only (the zygote never reads a submitted byte); a module that is missing is
+# simply not preloaded.
+ZYGOTE_PRELOAD = (
+    "numpy", "scipy", "scipy.linalg", "scipy.sparse", "scipy.special", "scipy.stats", "joblib",
+    "sklearn", "sklearn.base", "sklearn.utils", "sklearn.linear_model", "sklearn.ensemble", "sklearn.tree",
+    "sklearn.preprocessing", "sklearn.pipeline", "sklearn.compose", "sklearn.impute", "sklearn.svm",
+    "sklearn.neighbors", "sklearn.naive_bayes", "sklearn.decomposition", "sklearn.cluster",
+    "learnware_cli.market.package", "learnware_cli.market.sandbox",
+    "argparse", "importlib.util", "ctypes", "select", "resource", "tempfile", "fcntl",
+)
+CHILD_FDS = 4  # a child's fds 0-3: protocol in, protocol out, log, lifeline
+LIFELINE_FD = 3
+MAX_ZYGOTE_REQUEST = 1 << 18
+
+
+def _writable_shared_mappings() -> list:
+    """Mappings of this process that a forked child would share and could write (/proc/self/maps).
+
+    Shared anonymous memory, /dev/shm, memfd and SysV segments, and any writable
+    shared mapping: through them one child could leave state for the next.
+    Read-only shared mappings of ordinary files (glibc's gconv cache) are harmless.
+    """
+    found = []
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split(None, 5)
+            perms = parts[1] if len(parts) > 1 else ""
+            if len(perms) < 4 or perms[3] != "s":
+                continue
+            path = parts[5].strip() if len(parts) > 5 else ""
+            file_backed = path.startswith("/") and not path.startswith("/dev/shm") and not path.endswith("(deleted)")
+            if "w" in perms or not file_backed:
+                found.append(line.strip())
+    return found
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _zygote_prepare() -> dict:
+    """Import what models load, check that forking this process is safe -> the 'ready' message."""
+    import gc
+    import importlib
+    import time
+
+    started = time.perf_counter()
+    loaded = []
+    for name in ZYGOTE_PRELOAD:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception:  # noqa: BLE001 - a missing or broken optional library is just not preloaded
+            pass
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise RuntimeError(f"the zygote runs {threads} threads after its imports (a fork keeps only one)")
+    shared = _writable_shared_mappings()
+    if shared:
+        raise RuntimeError(f"the zygote maps shared memory that every child would share: {shared[0]}")
+    os.close(os.pidfd_open(os.getpid()))  # children are handed to lw as pidfds (Linux >= 5.3)
+    gc.collect()
+    gc.freeze()  # the preloaded objects stay out of the collector: fewer copied pages per child
+    return {
+        "op": "ready", "ok": True, "pid": os.getpid(), "vm_bytes": _vm_bytes(), "preloaded": loaded,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+
+
+def _zygote_child(control, fds: list, argv: list, cwd: str, env: dict) -> None:
+    """In a fresh fork: take the fds, folder, environment and session a cold worker would have, run main().
+
+    Never returns. Nothing of the package has been read yet: main() enters the
+    sandbox first, exactly as in a cold worker.
+    """
+    code = 1
+    try:
+        os.setsid()  # its own session and process group (lw kills the group), as start_new_session
+        control.detach()  # its fd is closed below with every other fd of the zygote
+        import fcntl
+
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        try:
+            top = os.sysconf("SC_OPEN_MAX")
+        except (ValueError, OSError):
+            top = 65536
+        os.closerange(CHILD_FDS, max(top, 65536))
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        import tempfile
+
+        tempfile.tempdir = None  # found again from the new TMPDIR
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()  # fresh entropy, as a cold worker has (random reseeds itself)
+        sys.argv = [sys.argv[0], *argv]
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - reported in the log; the child must never return to the zygote
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+        code = 1
+    finally:
+        os._exit(code & 0xFF if isinstance(code, int) else 1)
+
+
+def _zygote_request(control, data: bytes, fds: list, flags: int, children: set) -> tuple:
+    """One request -> (reply, fds to send). The received fds are closed here in every case."""
+    import socket
+
+    try:
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            raise ValueError("request truncated")
+        request = json.loads(data)
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "spawn":
+            argv, cwd, env = request.get("argv"), request.get("cwd"), request.get("env")
+            if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and isinstance(cwd, str)):
+                raise ValueError("bad spawn request")
+            if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+                raise ValueError("bad spawn environment")
+            if len(fds) != CHILD_FDS:
+                raise ValueError(f"spawn needs {CHILD_FDS} fds, got {len(fds)}")
+            pid = os.fork()
+            if pid == 0:
+                _zygote_child(control, fds, argv, cwd, env)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                os.kill(pid, 9)  # our own unreaped child: its pid cannot have been reused
+                os.waitpid(pid, 0)
+                raise
+            children.add(pid)
+            return {"ok": True, "op": op, "pid": pid}, [pidfd]
+        if op == "reap":
+            pid = request.get("pid")
+            if not isinstance(pid, int) or isinstance(pid, bool) or pid not in children:
+                raise ValueError(f"{pid!r} is not a child of this zygote")
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                return {"ok": True, "op": op, "pid": pid, "status": None}, []
+            children.discard(pid)
+            return {"ok": True, "op": op, "pid": pid, "status": status}, []
+        raise ValueError(f"unknown op {op!r}")
+    except Exception as exc:  # noqa: BLE001 - answered, the zygote goes on
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}, []
+    finally:
+        for fd in fds:  # the child holds its own copies; lw sees end-of-file only once these are gone
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _zygote_send(control, message: dict, fds=()) -> None:
+    import socket
+
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(control, [data], list(fds))
+    else:
+        control.send(data)
+
+
+def zygote_main(argv=None) -> int:
+    """Serve spawn and reap requests from lw on a socket until lw closes it (or dies)."""
+    import argparse
+    import socket
+
+    parser = argparse.ArgumentParser(prog="lw-worker-zygote")
+    parser.add_argument("--control", type=int, required=True)
+    parser.add_argument("--tmp", required=True, help="its private HOME and TMPDIR (lw made it and removes it)")
+    args = parser.parse_args(argv)
+    control = socket.socket(fileno=args.control)
+    try:
+        try:
+            ready = _zygote_prepare()
+        except BaseException as exc:  # noqa: BLE001 - lw then starts workers cold
+            _zygote_send(control, {"op": "ready", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            return 1
+        _zygote_send(control, ready)
+        _zygote_serve(control)
+        return 0
+    except OSError:  # lw is gone
+        return 0
+    finally:
+        import shutil
+
+        shutil.rmtree(args.tmp, ignore_errors=True)  # lw removes it too, unless it was killed
+
+
+def _zygote_serve(control) -> None:
+    import socket
+
+    children: set = set()
+    while True:
+        data, fds, flags, _ = socket.recv_fds(control, MAX_ZYGOTE_REQUEST, CHILD_FDS)
+        if not data and not fds:
+            return  # lw closed its end, or died: the children keep their own pipes and lifelines
+        reply, reply_fds = _zygote_request(control, data, fds, flags, children)
+        try:
+            _zygote_send(control, reply, reply_fds)
+        finally:
+            for fd in reply_fds:
+                os.close(fd)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zygote"]:
+        sys.exit(zygote_main(sys.argv[2:]))
     sys.exit(main())

@@ -340,6 +340,11 @@ PROBE_TEXTS = "probes/text.txt"  # in market_template: sentences every text mode
 def probe_inputs(spec, n_rows: int, n_candidates: int, input_shape=None):
     """What the model is tried on: drawn from its specification (table rows, images), else the
     market's probe texts. Images are brought to the model's declared (C, H, W)."""
+    return _fit_probes(_draw_probes(spec, n_rows, n_candidates), input_shape)
+
+
+def _draw_probes(spec, n_rows: int, n_candidates: int):
+    """The probe rows, images or texts, before any fitting to the model's declared input shape."""
     try:
         x = spec.probe_inputs(n_rows, n_candidates=n_candidates) if n_candidates else spec.probe_inputs(n_rows)
     except NotImplementedError:
@@ -347,10 +352,40 @@ def probe_inputs(spec, n_rows: int, n_candidates: int, input_shape=None):
 
         texts = [line.strip() for line in template_text(PROBE_TEXTS).splitlines() if line.strip()]
         return [texts[i % len(texts)] for i in range(n_rows)]
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 4 and input_shape is not None and len(input_shape) == 3 and tuple(x.shape[1:]) != tuple(input_shape):
+    return np.asarray(x, dtype=np.float64)
+
+
+def _fit_probes(x, input_shape):
+    if isinstance(x, np.ndarray) and x.ndim == 4 and input_shape is not None and len(input_shape) == 3 and tuple(x.shape[1:]) != tuple(input_shape):
         x = resize_images(x, tuple(input_shape))
     return x
+
+
+class _ProbeDraw:
+    """Draw the probes (herding: JAX, in this process) in a thread while the model loads in its worker."""
+
+    def __init__(self, spec, n_rows: int, n_candidates: int):
+        import threading
+
+        self._result = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(spec, n_rows, n_candidates), name="lw-probe-draw", daemon=True)
+        self._thread.start()
+
+    def _run(self, spec, n_rows: int, n_candidates: int) -> None:
+        try:
+            self._result = _draw_probes(spec, n_rows, n_candidates)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the checking thread
+            self._error = exc
+
+    def result(self, input_shape):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return _fit_probes(self._result, input_shape)
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def resize_images(images: np.ndarray, shape: tuple) -> np.ndarray:
@@ -367,6 +402,7 @@ def _run_model_checks(report, open_model, spec, semantic, n_rows, n_candidates, 
     """model-load .. model-output on the model open_model() gives: a ModelWorker (Python learnwares)
     or an onnx_kind.OnnxModel (ONNX ones, run in this process: no submitted code runs)."""
     worker = None
+    probes = _ProbeDraw(spec, n_rows, n_candidates)  # meanwhile the worker starts and loads the model
     try:
         with _timed(report, "model-load"):
             worker = open_model()
@@ -379,7 +415,7 @@ def _run_model_checks(report, open_model, spec, semantic, n_rows, n_candidates, 
         report.model["load_seconds"] = round(worker.load_seconds, 4)
         with _timed(report, "model-interface"):
             check_interface(info, semantic)
-        x = probe_inputs(spec, n_rows, n_candidates, info.get("input_shape"))
+        x = probes.result(info.get("input_shape"))
         with _timed(report, "model-predict"):
             try:
                 y = worker.predict(x)
@@ -394,6 +430,7 @@ def _run_model_checks(report, open_model, spec, semantic, n_rows, n_candidates, 
                 report.model["predict_proba"] = check_outputs(proba, n_rows, proba_info, semantic, "predict_proba")
         report.model["output_bytes"] = worker.output_bytes
     finally:
+        probes.join()
         if worker is not None:
             worker.close()
 
@@ -442,6 +479,10 @@ def check_package(
     with _timed(report, "manifest"):
         manifest = pkg.read_any_manifest(zip_path, scan, limits)
         req_file, requirements = pkg.read_requirements(zip_path, scan, limits)
+    if not isinstance(manifest, onnx_kind.OnnxManifest) and (worker_options or {}).get("sandbox", "required") == "required":
+        from learnware_cli.market import pool
+
+        pool.prestart()  # Python code ahead: the worker zygote starts while the remaining checks run
     with _timed(report, "semantic"):
         semantic = choose_semantic(zip_path, scan, limits, semantic_override)
         check_dimensions(semantic, check_limits)

@@ -2,7 +2,8 @@
 
 The model worker (``_worker_main``) calls :func:`enter` before it imports
 anything the model could touch. ``enter`` turns the one process that
-``ModelWorker`` started into three::
+``ModelWorker`` started (or that the pool's zygote forked for it, pool.py)
+into three::
 
     lw ──pipes──▶ keeper (our code; new user, pid, network and IPC namespaces)
                     └─ init (pid 1 of the new pid namespace; our code)

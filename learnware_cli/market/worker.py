@@ -3,9 +3,12 @@
 The market process never imports or unpickles submitted code. ModelWorker
 copies the package folder to a private temp dir and starts
 ``python -P -m learnware_cli.market._worker_main`` there, in its own session,
-with a minimal environment. Requests and answers travel over stdin/stdout as
-length-prefixed frames holding JSON headers and ``.npy`` arrays (loaded here
-with ``allow_pickle=False``), so the worker can send nothing but numbers and
+with a minimal environment; where the pool can serve it (pool.py), the same
+worker, with the same arguments, environment and kind of pipes, is instead
+forked from a zygote that has NumPy, SciPy and scikit-learn imported already.
+Requests and answers travel over stdin/stdout as length-prefixed frames
+holding JSON headers and ``.npy`` arrays (loaded here with
+``allow_pickle=False``), so the worker can send nothing but numbers and
 plain JSON. Every answer is treated as hostile: sizes are capped, dtypes
 checked, and each call has a wall-time limit after which the whole process
 group is killed.
@@ -185,6 +188,7 @@ class ModelWorker:
         self._reported_output = 0
         self._started = False
         self.load_seconds = 0.0
+        self.pooled = False  # forked from the zygote (pool.py) rather than started cold
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -211,7 +215,7 @@ class ModelWorker:
             try:
                 shutil.copytree(self.package_dir, work, symlinks=True)
             except (OSError, shutil.Error) as exc:
-                self.close()
+                self._stop()
                 raise WorkerError("crash", f"cannot copy the package for the worker ({exc})") from None
         self._log_path = os.path.join(self._tmp, "output.log")
         log_fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -219,20 +223,25 @@ class ModelWorker:
         # worker's keeper sees end-of-file the moment this process dies
         lifeline_read, self._lifeline = os.pipe()
         started = time.monotonic()
+        command = _worker_command(work, self.memory_mb, self.output_cap_bytes, self.file_cap_bytes, self._sandbox_args(lifeline_read))
+        env = _worker_env(self._tmp, self.threads)
         try:
-            self._proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-                _worker_command(work, self.memory_mb, self.output_cap_bytes, self.file_cap_bytes, self._sandbox_args(lifeline_read)),
-                cwd=work,
-                env=_worker_env(self._tmp, self.threads),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_fd,
-                start_new_session=True,
-                close_fds=True,
-                pass_fds=(lifeline_read,),
-            )
+            self._proc = self._start_pooled(command, work, env, log_fd, lifeline_read)
+            self.pooled = self._proc is not None
+            if self._proc is None:
+                self._proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+                    command,
+                    cwd=work,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log_fd,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(lifeline_read,),
+                )
         except OSError as exc:
-            self.close()
+            self._stop()
             raise WorkerError("crash", f"cannot start the model worker ({exc})") from None
         finally:
             os.close(log_fd)
@@ -242,15 +251,28 @@ class ModelWorker:
             self._begin_call(self.load_timeout)
             header, _ = self._receive("load")
         except BaseException:
-            self.close()
+            self._stop()
             raise
         self.load_seconds = time.monotonic() - started
         if header.get("op") != "ready":
-            self.close()
+            self._stop()
             raise WorkerError("bad-output", "worker broke the protocol while loading the model")
         self._info = _clean_info(header.get("info"))
         self._note_sandbox(self._info["sandbox"])
         return dict(self._info)
+
+    def _start_pooled(self, command: list, work: str, env: dict, log_fd: int, lifeline_read: int):
+        """The same worker forked from this process's zygote (pool.py), or None: start it cold.
+
+        Only where a fork gives every guarantee a cold worker has: the sandbox
+        required (a child that cannot enter it refuses to load the model) and
+        one BLAS thread, the zygote's setting.
+        """
+        if self.sandbox != "required" or self.threads != 1:
+            return None
+        from learnware_cli.market import pool
+
+        return pool.start_worker(command, work, env, log_fd, lifeline_read, self.memory_mb)
 
     def _sandbox_args(self, lifeline_read: int) -> list:
         args = ["--sandbox", self.sandbox, "--lifeline", str(lifeline_read), "--write", self._tmp, "--max-tasks", str(self.max_tasks)]
@@ -269,36 +291,55 @@ class ModelWorker:
         )
 
     def close(self) -> None:
-        """Kill the worker's whole process group and remove its temp dir."""
+        """Kill the worker's whole process group and remove its temp dir.
+
+        Every process of the worker is sent SIGKILL before this returns. For a
+        pooled worker, waiting for the kernel to finish it, reaping it and
+        removing its temp dir then happen in the background (pool.finish_later):
+        tens of milliseconds per package. A failure (timeout, crash, bad output)
+        waits for all of that before it raises.
+        """
+        self._stop(wait=False)
+
+    def _stop(self, wait: bool = True) -> None:
         proc, self._proc = self._proc, None
         lifeline, self._lifeline = self._lifeline, None
+        tmp, self._tmp = self._tmp, None
         if lifeline is not None:
             os.close(lifeline)  # the keeper kills the worker's whole pid namespace
         if proc is not None:
-            self._kill(proc)
+            self._signal(proc)
             for stream in (proc.stdin, proc.stdout):
                 try:
                     stream.close()
                 except OSError:
                     pass
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+            if not wait and getattr(proc, "kill_group", None) is not None:
+                from learnware_cli.market import pool
+
+                pool.finish_later(proc, tmp)
+                return
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
-    def _kill(proc: subprocess.Popen) -> None:
+    def _signal(proc) -> None:
         # The group id is the worker's pid; while the worker or any of its group
-        # lives, that id cannot be handed to another process.
+        # lives, that id cannot be handed to another process. A pooled worker
+        # (pool.PooledProcess) is killed the same way, and through its pidfd.
+        kill_group = getattr(proc, "kill_group", None)
         try:
-            if hasattr(os, "killpg"):
+            if kill_group is not None:
+                kill_group()
+            elif hasattr(os, "killpg"):
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
                 proc.kill()
         except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
             pass
 
     # ----------------------------------------------------------------- public calls
@@ -448,7 +489,7 @@ class ModelWorker:
             self._deadline = extended
             return
         if waited > BUSY_SHARE * elapsed:
-            self.close()
+            self._stop()
             raise MarketBusyError(
                 f"the market's machine was too busy: the model waited {waited:.0f} s for a CPU in {elapsed:.0f} s "
                 f"(limit {self._current_limit:g} s of its own time); try again when the machine is less loaded"
@@ -462,14 +503,14 @@ class ModelWorker:
         error = _one_line(str(header.get("error", "unknown error")))
         details = str(header.get("traceback", ""))[-4000:]
         if op == "load" and kind == "sandbox":
-            self.close()
+            self._stop()
             raise SandboxUnavailableError(
                 f"this machine cannot sandbox model code ({error}); the market requires the sandbox "
                 '(to run models under resource limits only, set "sandbox": "optional" in the limits of market.json)'
             )
         if op == "load":
             tail = self.output_tail_safe()
-            self.close()
+            self._stop()
             raise WorkerError("crash", f"loading the model failed: {error}", tail, details)
         if kind == "bad-output":
             raise WorkerError("bad-output", f"{op} output is not numeric: {error}", "", details)
@@ -483,7 +524,7 @@ class ModelWorker:
 
     def _fail_timeout(self, op: str):
         tail = self.output_tail_safe()
-        self.close()
+        self._stop()
         what = "finish loading" if op == "load" else f"answer {op}"
         raise WorkerError("timeout", f"model did not {what} within {self._current_limit:g} s (worker killed)", tail)
 
@@ -496,11 +537,11 @@ class ModelWorker:
             except subprocess.TimeoutExpired:
                 code = None
         tail = self.output_tail_safe()
-        self.close()
+        self._stop()
         raise WorkerError("crash", f"worker died during {op} ({_describe_exit(code)}){_tail_suffix(tail)}", tail)
 
     def _fail_protocol(self, op: str, what: str):
-        self.close()
+        self._stop()
         raise WorkerError("bad-output", f"worker broke the protocol during {op}: {what}")
 
 
