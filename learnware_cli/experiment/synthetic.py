@@ -103,7 +103,7 @@ def write_spec_only_learnwares(market, specs, semantics, chunk: int = 5000) -> l
                 spec_path = Path(tmp) / f"{i}.json"
                 specs[i].save(spec_path)
                 record = {"input_dim": specs[i].dim, "output_dim": semantics[i]["Output"]["Dimension"], "spec_only": True}
-                items.append(NewVersion({"package.zip": placeholder, "rkme.json": spec_path}, semantics[i], record))
+                items.append(NewVersion({"package.zip": placeholder, "rkme.json": spec_path}, semantics[i], record, spec=specs[i]))
             ids += [entry["id"] for entry, _ in market.add_versions(items)]
             for item in items:
                 item.files["rkme.json"].unlink()

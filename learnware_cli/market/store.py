@@ -102,7 +102,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_json(path: Path, document: Any) -> None:
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    path.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")  # compact: a bulk submit writes thousands
 
 
 def os_error_text(exc: OSError) -> str:

@@ -176,7 +176,7 @@ def _accept(market: Market, zip_path: Path, folder: Path, options: _Options) -> 
     (folder / "report.json").write_text(json.dumps(report_dict, indent=1))
     outcome = SubmitOutcome(str(zip_path), True, name=semantic_name(report.semantic), report=report_dict)
     files = {"package.zip": staged, "rkme.json": folder / "rkme.json", "report.json": folder / "report.json"}
-    return outcome, NewVersion(files, report.semantic, _record_fields(report, size, options), options.update_id, checksum=checksum)
+    return outcome, NewVersion(files, report.semantic, _record_fields(report, size, options), options.update_id, checksum=checksum, spec=report.rkme)
 
 
 def _check_one(market: Market, zip_path: Path, folder: Path, options: _Options) -> Union[SubmitOutcome, tuple]:
