@@ -95,3 +95,30 @@ def write_index(root, index: dict) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def processes_with(text: str) -> list:
+    """Pids whose command line mentions text (model workers carry their temp paths, the zygote "--zygote")."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                if text.encode() in fh.read():
+                    found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+
+def wait_until(predicate, seconds: float) -> bool:
+    """Poll predicate every 50 ms for up to seconds; its last value."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

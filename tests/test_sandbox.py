@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import processes_with, wait_until
 
 import badpackages as bp
 from learnware_cli.errors import EXIT_REJECTED
@@ -239,28 +240,6 @@ def test_files_in_its_temp_folder_are_capped(tmp_path):
     assert worked == {"write 8 MiB": 0}
 
 
-def _processes_with(text: str) -> list:
-    """Pids whose command line or environment mentions text (our workers carry their temp paths)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as fh:
-                if text.encode() in fh.read():
-                    found.append(int(name))
-        except OSError:
-            pass
-    return found
-
-
-def _wait_until(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_bounded_fork_bomb_with_setsid_dies_with_the_worker(tmp_path):
@@ -284,8 +263,8 @@ def test_bounded_fork_bomb_with_setsid_dies_with_the_worker(tmp_path):
     worker = ModelWorker(package_dir, timeout=30, allow_processes=True)
     with worker:
         assert worker.predict(np.zeros((2, bp.DIM)))[0] == 1
-        assert _wait_until(lambda: len(_processes_with(marker)) == 13, 10), _processes_with(marker)
-    assert _wait_until(lambda: not _processes_with(marker), 5), _processes_with(marker)
+        assert wait_until(lambda: len(processes_with(marker)) == 13, 10), processes_with(marker)
+    assert wait_until(lambda: not processes_with(marker), 5), processes_with(marker)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="the kernel does not apply RLIMIT_NPROC to root")
@@ -312,10 +291,10 @@ def test_killed_lw_leaves_no_worker_alive(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert _wait_until(lambda: len(_processes_with(str(private_tmp))) >= 3, 60), "worker never started"
+        assert wait_until(lambda: len(processes_with(str(private_tmp))) >= 3, 60), "worker never started"
         lw.kill()
         lw.wait()
-        assert _wait_until(lambda: not _processes_with(str(private_tmp)), 5), _processes_with(str(private_tmp))
+        assert wait_until(lambda: not processes_with(str(private_tmp)), 5), processes_with(str(private_tmp))
     finally:
         if lw.poll() is None:
             lw.kill()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import processes_with, wait_until
 
 import badpackages as bp
 from learnware_cli.market import pool, sandbox
@@ -100,26 +101,6 @@ def _comm_pids(name: str) -> list:
     return found
 
 
-def _cmdline_pids(text: str) -> list:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if text.encode() in fh.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-def _wait_until(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _alive(pid: int) -> bool:
@@ -312,10 +293,10 @@ def test_forked_child_left_behind_dies_with_the_worker(tmp_path, zygote):
     worker = pooled_worker(package_dir, allow_processes=True)
     try:
         assert results(worker, {"leave a child": ""}) == {"leave a child": 1}
-        assert _wait_until(lambda: _comm_pids(name), 10), "the child never started"
+        assert wait_until(lambda: _comm_pids(name), 10), "the child never started"
     finally:
         worker.close()
-    assert _wait_until(lambda: not _comm_pids(name), 5), _comm_pids(name)
+    assert wait_until(lambda: not _comm_pids(name), 5), _comm_pids(name)
 
 
 def test_without_processes_allowed_the_pooled_model_cannot_fork(tmp_path, zygote):
@@ -335,7 +316,7 @@ def test_timeout_kills_the_pooled_workers_whole_tree(tmp_path, zygote):
     assert err.value.kind == "timeout"
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped before the error was raised
-    assert _wait_until(lambda: not _comm_pids(name), 5), _comm_pids(name)
+    assert wait_until(lambda: not _comm_pids(name), 5), _comm_pids(name)
 
 
 def test_killed_lw_takes_the_zygote_and_every_worker_down(tmp_path):
@@ -353,11 +334,11 @@ def test_killed_lw_takes_the_zygote_and_every_worker_down(tmp_path):
     )
     try:
         # the zygote (its command line names its folder in private_tmp) and its child, keeper, init, worker
-        assert _wait_until(lambda: len(_cmdline_pids(str(private_tmp))) >= 4, 60), _cmdline_pids(str(private_tmp))
-        assert [p for p in _cmdline_pids("--zygote") if p in _cmdline_pids(str(private_tmp))], "no zygote"
+        assert wait_until(lambda: len(processes_with(str(private_tmp))) >= 4, 60), processes_with(str(private_tmp))
+        assert [p for p in processes_with("--zygote") if p in processes_with(str(private_tmp))], "no zygote"
         lw.kill()
         lw.wait()
-        assert _wait_until(lambda: not _cmdline_pids(str(private_tmp)), 5), _cmdline_pids(str(private_tmp))
+        assert wait_until(lambda: not processes_with(str(private_tmp)), 5), processes_with(str(private_tmp))
     finally:
         if lw.poll() is None:
             lw.kill()
@@ -371,7 +352,7 @@ def test_killed_zygote_means_a_new_one_or_cold_workers_never_a_hang(tmp_path, fr
     survivor = pooled_worker(package_dir)
     first = pool.status()["pid"]
     os.kill(first, signal.SIGKILL)
-    assert _wait_until(lambda: not _alive(first), 5)
+    assert wait_until(lambda: not _alive(first), 5)
     assert results(survivor, {"nothing": "pass"}) == {"nothing": 1}  # a running worker does not need the zygote
     survivor.close()
     started = time.monotonic()
@@ -400,7 +381,7 @@ def test_stopped_zygote_is_given_up_after_a_bounded_wait(tmp_path, fresh_pool, m
             assert results(worker, {"nothing": "pass"}) == {"nothing": 1}
             assert not worker.pooled  # this one started cold
         assert time.monotonic() - started < 30
-        assert _wait_until(lambda: not _alive(stopped), 5)  # lw killed the stuck zygote
+        assert wait_until(lambda: not _alive(stopped), 5)  # lw killed the stuck zygote
     finally:
         try:
             os.kill(stopped, signal.SIGKILL)

@@ -6,7 +6,8 @@ keeps the same content in three tables, so ``lw show ID`` reads one row,
 ``lw list --limit 20`` twenty, and a submit inserts its own rows::
 
     meta        key -> value: format, generation, next_id, updated
-    learnwares  id (8 digits), name, semantic (JSON), latest version
+    learnwares  id (8 digits), name, semantic (JSON), latest version (indexed: a count reads
+                the small index, not every semantic spec)
     versions    (id, version) -> record (JSON: the index record of one version)
 
 plus the register of the search stack's segments (``market.segments``)::
@@ -47,6 +48,7 @@ CREATE TABLE learnwares (
     semantic TEXT NOT NULL,
     latest INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX learnwares_by_latest ON learnwares (latest);
 CREATE TABLE versions (
     id TEXT NOT NULL,
     version INTEGER NOT NULL,

@@ -66,16 +66,9 @@ def enabled() -> bool:
 
 
 def _zygote_command(control_fd: int, tmp: str) -> list:
-    from learnware_cli.market.worker import WORKER_MODULE
+    from learnware_cli.market.worker import worker_module_command
 
-    args = ["--zygote", "--control", str(control_fd), "--tmp", tmp]
-    if sys.version_info >= (3, 11):
-        return [sys.executable, "-P", "-s", "-B", "-m", WORKER_MODULE, *args]
-    boot = (
-        "import sys, runpy; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-        f"sys.argv[0] = {WORKER_MODULE!r}; runpy.run_module({WORKER_MODULE!r}, run_name='__main__', alter_sys=True)"
-    )
-    return [sys.executable, "-s", "-B", "-c", boot, *args]
+    return worker_module_command(["--zygote", "--control", str(control_fd), "--tmp", tmp])
 
 
 def worker_arguments(command: list) -> list:

@@ -117,8 +117,15 @@ def _worker_env(tmp: str, threads: int) -> dict:
 
 
 def _worker_command(package_dir: str, memory_mb: int, output_cap: int, file_cap: int, sandbox_args: list) -> list:
-    """-P (3.11+) keeps the cwd, i.e. the package, off sys.path so it cannot shadow our modules."""
     args = [package_dir, "--memory-mb", str(memory_mb), "--output-cap", str(output_cap), "--file-cap", str(file_cap), *sandbox_args]
+    return worker_module_command(args)
+
+
+def worker_module_command(args: list) -> list:
+    """`python -m learnware_cli.market._worker_main ARGS`, with the cwd (the package) kept off sys.path.
+
+    -P (3.11+) does that; older Pythons get the same through a small boot line.
+    """
     if sys.version_info >= (3, 11):
         return [sys.executable, "-P", "-s", "-B", "-m", WORKER_MODULE, *args]
     boot = (
