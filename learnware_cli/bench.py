@@ -423,6 +423,12 @@ def bench_data() -> None:
     run()
 
 
+def bench_remote() -> None:
+    from learnware_cli.bench_remote import bench_remote as run
+
+    run()
+
+
 SECTIONS = {
     "fit": bench_fit,
     "quality": bench_fit_quality,
@@ -437,6 +443,7 @@ SECTIONS = {
     "scale": bench_scale,
     "sketch": bench_sketch,
     "data": bench_data,
+    "remote": bench_remote,
 }
 
 

@@ -20,7 +20,7 @@ MARKET_OPTION = typer.Option(
     "--market",
     "-m",
     envvar=DEFAULT_MARKET_ENV,
-    help="Market folder (default: $LW_MARKET, else ./market).",
+    help="Market folder, or s3://BUCKET/PREFIX for a market on object storage (default: $LW_MARKET, else ./market).",
     show_default=False,
 )
 # every K (reduced-set size) and top-k takes both spellings: -k and --k
@@ -49,6 +49,18 @@ def timeout_option(help: str):
 
 
 def open_market(path: Optional[Path]):
-    from learnware_cli.market.store import Market
+    """The market a command reads: a folder, or for s3://BUCKET/PREFIX its local replica, synced with the remote log.
 
+    The replica is an ordinary market folder (list, show, search and reuse read
+    it unchanged); its writes (submit, remove, reindex) commit to the remote
+    log (``learnware_cli.market.remote``).
+    """
+    from learnware_cli.market.objstore import is_remote
+    from learnware_cli.market.store import Market, default_market_path
+
+    location = path if path is not None else default_market_path()
+    if is_remote(location):
+        from learnware_cli.market.remote import open_market as open_remote
+
+        return open_remote(str(location))
     return Market.open(path)

@@ -25,16 +25,26 @@ def init(
     Example: lw init ./market --name demo --gamma 0.1 --k 100
     """
     from learnware_cli.errors import UsageError
+    from learnware_cli.market.objstore import is_remote
     from learnware_cli.market.store import Market, default_market_path
 
     if path is not None and market is not None and Path(path) != Path(market) and not _from_environment(ctx, "market"):
         raise UsageError(f"lw init: two folders given ({path} and --market {market}): give one")
     root = path or market or default_market_path()
-    created = Market.create(root, name=name, gamma=gamma, k=k)
-    data = {"ok": True, "market": str(created.root), "name": created.name, "gamma": created.gamma, "K": created.k}
+    if is_remote(root):  # s3://BUCKET/PREFIX: market.json created there, conditionally
+        from learnware_cli.market.remote import Remote
+
+        remote = Remote(str(root))
+        config = remote.create(name=name, gamma=gamma, k=k)
+        created = Market(Path(remote.url), config)  # for its name and kernel only
+        where = remote.url
+    else:
+        created = Market.create(root, name=name, gamma=gamma, k=k)
+        where = str(created.root)
+    data = {"ok": True, "market": where, "name": created.name, "gamma": created.gamma, "K": created.k}
 
     def human(console):
-        console.print(f"Created market [bold]{created.name}[/] in {created.root}")
+        console.print(f"Created market [bold]{created.name}[/] in {where}")
         console.print(key_values([("gamma", created.gamma), ("K", created.k)]))
 
     Output(json_output).emit(data, human)

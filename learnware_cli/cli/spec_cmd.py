@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from learnware_cli.cli.common import JSON_OPTION, gamma_option, k_option
+from learnware_cli.cli.common import JSON_OPTION, gamma_option, k_option, open_market
 from learnware_cli.cli.output import Output, fmt_float, safe
 from learnware_cli.market.store import DEFAULT_MARKET_ENV
 
@@ -44,9 +44,7 @@ def spec(
     check_output_path(out)  # before the fit: a bad --out must not cost the work
     k_from = "--k"
     if market is not None:
-        from learnware_cli.market.store import Market
-
-        opened = Market.open(market)
+        opened = open_market(market)
         gamma = opened.gamma if gamma is None else gamma
         if k is None:
             k, k_from = opened.k, f"the market's K ({market})"
