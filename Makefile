@@ -9,7 +9,7 @@ export LW_JAX_CACHE ?= $(CURDIR)/.jax_cache
 
 INSTALLED := $(VENV)/.lw-installed
 
-.PHONY: install test test-slow bench demo experiment experiment-quick experiment-multimodal experiment-multimodal-quick experiment-anchors experiment-anchors-quick clean
+.PHONY: install test test-slow bench demo demo-s3 experiment experiment-quick experiment-multimodal experiment-multimodal-quick experiment-anchors experiment-anchors-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ demo: install
 	  --labeled $(DEMO_WORK)/user_labeled_X.csv $(DEMO_WORK)/user_labeled_y.csv \
 	  --out $(DEMO_WORK)/pred-auto.csv --evaluate $(DEMO_WORK)/user_y.csv
 	@echo "demo finished: market in $(DEMO_MARKET), files in $(DEMO_WORK)"
+
+# the same demo against a market in a bucket of a local S3 API server (moto), as CI runners would share one
+demo-s3: install
+	$(BIN)/python -m learnware_cli.experiment.demo_s3 DEMO_WORK=$(DEMO_WORK)-s3
 
 experiment: install
 	$(BIN)/python -m learnware_cli.experiment.run --out experiment-out

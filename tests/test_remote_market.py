@@ -425,3 +425,25 @@ def test_eight_cli_submitters_with_every_check(url, corpus, tmp_path):
     ids = sorted(json.loads(out)["results"][0]["id"] for out, _ in outputs)
     assert ids == [f"{i:08d}" for i in range(1, 9)]
     assert len(_assert_consistent(url, tmp_path / "check")["learnwares"]) == 8
+
+
+@pytest.mark.slow
+def test_the_demo_runs_unchanged_against_a_bucket(tmp_path):
+    """`make demo-s3`: every step of `make demo` (pack, submit, list, features, spec, search, every reuser) on s3://."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    work = tmp_path / "demo-work"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "learnware_cli.experiment.demo_s3", f"DEMO_WORK={work}", f"PYTHON={sys.executable}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "demo finished: market in s3://demo-bucket/market" in done.stdout
+    assert (work / "pred-auto.csv").is_file()
