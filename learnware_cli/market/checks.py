@@ -390,6 +390,7 @@ class _ProbeDraw:
 
 def resize_images(images: np.ndarray, shape: tuple) -> np.ndarray:
     """(n, C, H, W) -> (n, C', H', W'): bilinear in space; 1 -> 3 channels by repetition, 3 -> 1 by the mean."""
+    from learnware_cli.rkme import _jax_setup  # noqa: F401  (x64 and the compilation cache, before any JAX use)
     import jax
 
     channels, height, width = shape

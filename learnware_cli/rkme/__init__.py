@@ -1,7 +1,8 @@
 """RKME table specifications: fit, compare, mix and sample, on JAX.
 
-Importing this package imports JAX (with float64 enabled); the CLI imports it
-only inside commands that need it.
+Importing this package does not import JAX: the first fit or kernel computation
+does (with float64 enabled and the compilation cache set, by ``_jax_setup``), so
+reading, saving and comparing keys of specs, and the NumPy two-stage search, start fast.
 """
 
 from learnware_cli.rkme.spec import (

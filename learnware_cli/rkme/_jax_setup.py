@@ -3,6 +3,11 @@
 The cache lives in $LW_JAX_CACHE (default ~/.cache/lw/jax) so a second `lw`
 process reuses the programs compiled by the first instead of paying the
 compile time again. Set LW_JAX_CACHE=off to disable it.
+
+Every module that computes with JAX imports this module before its first
+JAX call (rkme.kernels and the other kernel modules at their import;
+rkme.spec lazily, in ``spec._jax()``, so that reading specs never imports
+JAX).
 """
 
 from __future__ import annotations

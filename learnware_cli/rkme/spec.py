@@ -3,12 +3,22 @@
 Arrays cross into JAX here, padded to a few bucketed shapes so that the
 compiled programs (kept in JAX's persistent cache) are reused across data sets
 of similar size instead of recompiled for each one.
+
+Importing this module does not import JAX: RKMESpec's parsing, saving,
+island_key and stack_arrays are NumPy only, so a process that only reads
+specs (a two-stage ``lw search``, which scores in NumPy: search.exact_numpy)
+never pays JAX's import and program loading. JAX is imported, and configured
+by ``_jax_setup`` (float64, the persistent compile cache), on the first call
+that computes with it (fit, mmd2, SpecStack, herd, ...); the jitted programs
+(``_qp``, ``_inner``, ...) are built then too, once per process, and stay
+importable by name (``from learnware_cli.rkme.spec import _qp``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
@@ -17,18 +27,75 @@ import numpy as np
 
 from learnware_cli.data_io import SAMPLE_FIT, as_matrix, column_stats, fill_column_means, sample_indices
 from learnware_cli.errors import InputError, SpecError
-from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
-from learnware_cli.rkme import kernels
 from learnware_cli.specs.base import GAMMA_REL_TOL, IslandKey, StackArrays, read_json
-
-import jax
-import jax.numpy as jnp
 
 SPEC_TYPE = "RKMETableSpecification"
 TABLE_KIND = "table"  # the island kind of table RKMEs
 DEFAULT_GAMMA = 0.1
 DEFAULT_K = 100
 DEFAULT_STEPS = 3
+
+
+# --------------------------------------------------------------------------- JAX, on first use
+
+_PROGRAM_NAMES = (
+    "_kmeans", "_weights", "_refine", "_error", "_inner", "_mmd2",
+    "_self_products", "_sq_norms", "_cross", "_gram_and_cross", "_qp", "_herd",
+)
+_PROGRAMS: dict = {}
+_PROGRAMS_LOCK = threading.Lock()
+
+
+def _jax():
+    """(jax, jax.numpy), configured by ``_jax_setup`` (float64, the compile cache) before its first use."""
+    from learnware_cli.rkme import _jax_setup  # noqa: F401  (configures JAX before first use)
+
+    import jax
+    import jax.numpy as jnp
+
+    return jax, jnp
+
+
+def _programs() -> dict:
+    """This module's jitted programs by name (``_qp``, ``_inner``, ...), built once per process on first use.
+
+    One jit object per program for the whole process, so each compiles (or
+    loads from the persistent cache) once.
+    """
+    if not _PROGRAMS:
+        with _PROGRAMS_LOCK:
+            if not _PROGRAMS:
+                jax, jnp = _jax()
+                from learnware_cli.rkme import kernels
+
+                _PROGRAMS.update(
+                    _kmeans=jax.jit(kernels.kmeans, static_argnames=("k", "iterations")),
+                    _weights=jax.jit(kernels.optimal_weights),
+                    _refine=jax.jit(kernels.refine_points),
+                    _error=jax.jit(kernels.approximation_error, static_argnames=("block",)),
+                    _inner=jax.jit(kernels.inner_product),
+                    _mmd2=jax.jit(kernels.mmd2),
+                    _self_products=jax.jit(kernels.self_inner_products),
+                    _sq_norms=jax.jit(lambda zs: jnp.sum(zs * zs, axis=2)),
+                    _cross=jax.jit(kernels.cross_inner_products, static_argnames=("block",)),
+                    _gram_and_cross=jax.jit(kernels.gram_and_cross),
+                    _qp=jax.jit(kernels.solve_simplex_qp),
+                    _herd=jax.jit(kernels.herd, static_argnames=("n_samples", "n_candidates")),
+                )
+    return _PROGRAMS
+
+
+def __getattr__(name: str):
+    """The jitted programs, ``jax``, ``jnp`` and ``kernels`` as module attributes, imported on first access."""
+    if name in _PROGRAM_NAMES:
+        return _programs()[name]
+    if name in ("jax", "jnp"):
+        return _jax()[name == "jnp"]
+    if name == "kernels":
+        from learnware_cli.rkme import kernels
+
+        return kernels
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -211,12 +278,6 @@ def _pad_columns(d: int) -> int:
     return int(math.ceil(d / 4) * 4)
 
 
-_kmeans = jax.jit(kernels.kmeans, static_argnames=("k", "iterations"))
-_weights = jax.jit(kernels.optimal_weights)
-_refine = jax.jit(kernels.refine_points)
-_error = jax.jit(kernels.approximation_error, static_argnames=("block",))
-
-
 def fit_rkme(
     x,
     k: int = DEFAULT_K,
@@ -261,18 +322,20 @@ def fit_rkme(
         rows = x.shape[0]
         return RKMESpec(z=np.array(x, dtype=np.float64), beta=np.full(rows, 1.0 / rows), gamma=float(gamma), num_points=n)
     d = x.shape[1]
+    jax, jnp = _jax()
+    programs = _programs()
     xj, wj = _padded(x)
     gamma_j = jnp.asarray(float(gamma))
 
     report("k-means", 0, total)
-    z = _kmeans(jax.random.PRNGKey(seed), *_kmeans_sample(x, seed), k=k, iterations=kmeans_iterations)
+    z = programs["_kmeans"](jax.random.PRNGKey(seed), *_kmeans_sample(x, seed), k=k, iterations=kmeans_iterations)
     del x  # the device copy xj is all the steps below need
     report("weights", 1, total)
-    beta = _weights(z, xj, wj, gamma_j)
+    beta = programs["_weights"](z, xj, wj, gamma_j)
     for step in range(steps):
         report("refine", 2 + step, total)
-        z = _refine(z, beta, xj, wj, gamma_j, step_size)
-        beta = _weights(z, xj, wj, gamma_j)
+        z = programs["_refine"](z, beta, xj, wj, gamma_j, step_size)
+        beta = programs["_weights"](z, xj, wj, gamma_j)
     report("done", total, total)
     z_np = np.asarray(z)[:, :d]
     beta_np = np.asarray(beta)
@@ -306,6 +369,7 @@ def _padded(x: np.ndarray):
     xp[:n, :d] = x
     weights = np.zeros(n_pad)
     weights[:n] = 1.0 / n
+    jax, _ = _jax()
     xj = jax.device_put(xp)
     del xp  # one host copy at a time
     return xj, jax.device_put(weights)
@@ -325,7 +389,8 @@ def approximation_error(spec: RKMESpec, x) -> float:
     z = np.zeros((spec.size, xj.shape[1]))
     z[:, : spec.dim] = spec.z
     block = math.gcd(int(xj.shape[0]), ERROR_BLOCK_ROWS)
-    return float(_error(jnp.asarray(z), jnp.asarray(spec.beta), xj, wj, spec.gamma, block=block))
+    _, jnp = _jax()
+    return float(_programs()["_error"](jnp.asarray(z), jnp.asarray(spec.beta), xj, wj, spec.gamma, block=block))
 
 
 def _check_compatible(a: RKMESpec, b: RKMESpec) -> None:
@@ -335,20 +400,16 @@ def _check_compatible(a: RKMESpec, b: RKMESpec) -> None:
         raise SpecError(f"specifications use different gamma ({a.gamma} vs {b.gamma})")
 
 
-_inner = jax.jit(kernels.inner_product)
-_mmd2 = jax.jit(kernels.mmd2)
-
-
 def inner_product(a: RKMESpec, b: RKMESpec) -> float:
     """<a, b> in the RKHS: beta_a^T k(z_a, z_b) beta_b."""
     _check_compatible(a, b)
-    return float(_inner(a.z, a.beta, b.z, b.beta, a.gamma))
+    return float(_programs()["_inner"](a.z, a.beta, b.z, b.beta, a.gamma))
 
 
 def mmd2(a: RKMESpec, b: RKMESpec) -> float:
     """MMD^2 between two specifications: <a,a> - 2<a,b> + <b,b>."""
     _check_compatible(a, b)
-    return float(_mmd2(a.z, a.beta, b.z, b.beta, a.gamma))
+    return float(_programs()["_mmd2"](a.z, a.beta, b.z, b.beta, a.gamma))
 
 
 STACK_BLOCK = 128
@@ -405,20 +466,22 @@ class SpecStack:
         self_products may be passed when already known (a cache); else computed in float64.
         count: how many leading specs are real when the arrays are already padded (default M).
         """
+        jax, jnp = _jax()
+        programs = _programs()
         m = zs.shape[0]
         m_pad = int(math.ceil(m / block) * block)
         if m_pad != m:
             zs = np.concatenate([zs, np.zeros((m_pad - m,) + zs.shape[1:], dtype=zs.dtype)])
             betas = np.concatenate([betas, np.zeros((m_pad - m, betas.shape[1]), dtype=betas.dtype)])
         if self_products is None:
-            self_products = np.asarray(_self_products(jnp.asarray(zs, jnp.float64), jnp.asarray(betas, jnp.float64), float(gamma)))
+            self_products = np.asarray(programs["_self_products"](jnp.asarray(zs, jnp.float64), jnp.asarray(betas, jnp.float64), float(gamma)))
         else:
             self_products = np.concatenate([np.asarray(self_products, np.float64), np.zeros(m_pad - len(self_products))])
         zs_device = jax.device_put(jnp.asarray(zs, dtype))
         return cls(
             zs=zs_device,
             betas=jax.device_put(jnp.asarray(betas, dtype)),
-            sq_norms=_sq_norms(zs_device),
+            sq_norms=programs["_sq_norms"](zs_device),
             self_products=self_products,
             gamma=float(gamma),
             count=m if count is None else count,
@@ -433,25 +496,19 @@ class SpecStack:
         return math.gcd(int(self.zs.shape[0]), STACK_BLOCK)
 
 
-_self_products = jax.jit(kernels.self_inner_products)
-_sq_norms = jax.jit(lambda zs: jnp.sum(zs * zs, axis=2))
-_cross = jax.jit(kernels.cross_inner_products, static_argnames=("block",))
-
-
 def mmd2_to_many(user: RKMESpec, stack: SpecStack) -> np.ndarray:
     """MMD^2 from one spec to every spec of a stack, in one jitted call -> float64 (M,)."""
     if user.dim != stack.dim:
         raise SpecError(f"specification has dimension {user.dim}, the stack has {stack.dim}")
     if not math.isclose(user.gamma, stack.gamma, rel_tol=GAMMA_REL_TOL):
         raise SpecError(f"specification uses gamma {user.gamma}, the stack uses {stack.gamma}")
-    cross = _cross(user.z, user.beta, stack.zs, stack.sq_norms, stack.betas, user.gamma, block=stack.block)
+    from learnware_cli.rkme import kernels
+
+    programs = _programs()
+    cross = programs["_cross"](user.z, user.beta, stack.zs, stack.sq_norms, stack.betas, user.gamma, block=stack.block)
     cross = np.asarray(cross, dtype=np.float64)
-    own = float(_inner(user.z, user.beta, user.z, user.beta, user.gamma))
+    own = float(programs["_inner"](user.z, user.beta, user.z, user.beta, user.gamma))
     return kernels.mmd2_from_products(own, cross, stack.self_products)[: stack.count]
-
-
-_gram_and_cross = jax.jit(kernels.gram_and_cross)
-_qp = jax.jit(kernels.solve_simplex_qp)
 
 
 def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarray, float, float]:
@@ -460,16 +517,17 @@ def mixture_weights(user: RKMESpec, specs: Sequence[RKMESpec]) -> tuple[np.ndarr
     Solves min 1/2 w^T G w - c^T w, w >= 0, sum w = 1 with G_mn = <S_m, S_n>,
     c_m = <S_m, user>. Returns (w, objective, mixture MMD^2 = <u,u> + 2 objective).
     """
+    from learnware_cli.rkme import kernels
+
     stack = SpecStack.from_specs(list(specs), block=1)
     _check_compatible(user, specs[0])
-    gram, cross = (np.asarray(a) for a in _gram_and_cross(user.z, user.beta, stack.zs, stack.betas, stack.gamma))
-    w = np.asarray(_qp(jnp.asarray(gram), jnp.asarray(cross)))
+    _, jnp = _jax()
+    programs = _programs()
+    gram, cross = (np.asarray(a) for a in programs["_gram_and_cross"](user.z, user.beta, stack.zs, stack.betas, stack.gamma))
+    w = np.asarray(programs["_qp"](jnp.asarray(gram), jnp.asarray(cross)))
     own = inner_product(user, user)
     mixture_mmd = float(kernels.mixture_mmd2(own, gram, cross, w))
     return w, (mixture_mmd - own) / 2.0, mixture_mmd
-
-
-_herd = jax.jit(kernels.herd, static_argnames=("n_samples", "n_candidates"))
 
 
 HERD_CANDIDATES_PER_ROW = 100
@@ -491,5 +549,6 @@ def herd(spec: RKMESpec, n_samples: int, seed: int = 0, n_candidates: Optional[i
         raise InputError(f"number of samples must be at least 1, got {n_samples}")
     if n_candidates is None:
         n_candidates = default_herd_candidates(n_samples)
-    out = _herd(jax.random.PRNGKey(seed), jnp.asarray(spec.z), jnp.asarray(spec.beta), spec.gamma, n_samples, n_candidates, spread)
+    jax, jnp = _jax()
+    out = _programs()["_herd"](jax.random.PRNGKey(seed), jnp.asarray(spec.z), jnp.asarray(spec.beta), spec.gamma, n_samples, n_candidates, spread)
     return np.asarray(out)

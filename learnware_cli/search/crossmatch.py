@@ -141,6 +141,7 @@ def current(market: Market, index: dict, vocabulary=None, progress: Optional[Cal
 
 
 def _assemble(members: list, parts: list, vocabulary, generation: int) -> FeatureStack:
+    from learnware_cli.rkme import _jax_setup  # noqa: F401  (x64 and the compilation cache, before any JAX use)
     import jax
     import jax.numpy as jnp
 
@@ -197,6 +198,7 @@ def _assemble(members: list, parts: list, vocabulary, generation: int) -> Featur
 
 
 def _jitted():
+    from learnware_cli.rkme import _jax_setup  # noqa: F401  (x64 and the compilation cache, before any JAX use)
     import jax
 
     from learnware_cli.rkme import masked_kernels
@@ -264,6 +266,7 @@ def match(user_z: np.ndarray, user_beta: np.ndarray, user_features: Sequence[Opt
 
     user_features: the market feature id of each of her columns (None: none).
     """
+    from learnware_cli.rkme import _jax_setup  # noqa: F401  (x64 and the compilation cache, before any JAX use)
     import jax.numpy as jnp
 
     self_program, own_program, cross_program, pairs_program = _programs()

@@ -18,6 +18,7 @@ The result's ``to_dict`` is what `lw search --json` prints and what `lw reuse
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -132,7 +133,9 @@ def search(
     return _search_island(market, user_spec, allowed, k, all_versions, mixture, mixture_method, exact, result)
 
 
-TWO_STAGE_FROM = 20_000  # live learnwares in an island from which the sketch stage runs (below it exact search takes < 0.2 s)
+# live learnwares in an island from which the sketch stage runs (below it exact search takes < 0.2 s);
+# $LW_TWO_STAGE_FROM overrides it (tests and benchmarks: the two-stage path on a small market)
+TWO_STAGE_FROM = int(os.environ.get("LW_TWO_STAGE_FROM") or 20_000)
 
 
 def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions, mixture, mixture_method, exact, result) -> SearchResult:
@@ -144,9 +147,15 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     random-feature distance over every learnware, plus the learnwares of
     smallest <S, S>) picks CANDIDATES, whose float64 MMD^2 decides the ranking.
     Either way the top k and the mixture pool come from float64 MMD^2.
+
+    The two-stage branch computes in NumPy (search.exact_numpy: the
+    candidates' MMD^2 and the mixture, float64), so it never imports JAX: a
+    cold `lw search` of a large island skips JAX's import and program loading
+    (over a second). The exact branch ranks on the device, with JAX.
     """
     from learnware_cli.market.segments import island_name
-    from learnware_cli.search.statistical import MIXTURE_POOL, exact_mmd2, find_mixture, self_product, similarity
+    from learnware_cli.search import exact_numpy
+    from learnware_cli.search.exact_numpy import MIXTURE_POOL, similarity
 
     view = market.island_view(island_name(TABLE_KIND, user_spec.dim), all_versions)
     ids, versions = view.keys()
@@ -155,10 +164,12 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     if rows.size == 0:
         return result
     pool_size = max(k, MIXTURE_POOL if mixture and k > 1 else k)
-    if not exact and view.sketchable and rows.size >= TWO_STAGE_FROM:
+    two_stage = not exact and view.sketchable and rows.size >= TWO_STAGE_FROM
+    if two_stage:
         candidates = _sketch_candidates(view, user_spec, rows)
         zs, betas, _ = view.gather(candidates)
-        mmd, selfs = exact_mmd2(user_spec, zs, betas)
+        mmd, selfs = exact_numpy.mmd2_to_specs(user_spec.z, user_spec.beta, zs, betas, user_spec.gamma)
+        own = exact_numpy.inner_product(user_spec.z, user_spec.beta, user_spec.z, user_spec.beta, user_spec.gamma)
         ranked = np.lexsort((candidates, mmd))
         order, order_mmd, order_selfs = candidates[ranked], mmd[ranked], selfs[ranked]
         result.user["stage"] = {"method": "sketch", "candidates": int(candidates.size)}
@@ -166,6 +177,8 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
         pool_z, pool_beta = zs[ranked[:pool_size]], betas[ranked[:pool_size]]
         top_mmd, top_selfs = order_mmd[:k], order_selfs[:k]
     else:
+        from learnware_cli.search.statistical import exact_mmd2, self_product
+
         stack = _dense_stack(market, view, user_spec.dim, all_versions)
         distances = user_spec.mmd2_to_stack(stack)[rows]
         order = rows[np.argsort(distances, kind="stable")]
@@ -173,12 +186,18 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
         pool_z, pool_beta, _ = view.gather(pool)
         top_mmd, top_selfs = exact_mmd2(user_spec, pool_z[:k], pool_beta[:k])
         result.user["stage"] = {"method": "exact"}
-    scores = similarity(top_mmd, self_product(user_spec), top_selfs)
+        own = self_product(user_spec)
+    scores = similarity(top_mmd, own, top_selfs)
     described = _describe_rows(market, ids, versions, pool)
     for position, (row_mmd, score) in enumerate(zip(top_mmd, scores)):
         result.single.append({**described[position], "mmd2": max(float(row_mmd), 0.0), "score": round(float(score), 4)})
     if mixture and k > 1:
-        found = find_mixture(user_spec, pool_z, pool_beta, max_size=k, method=mixture_method)
+        if two_stage:
+            found = exact_numpy.find_mixture(user_spec.z, user_spec.beta, pool_z, pool_beta, user_spec.gamma, max_size=k, method=mixture_method, own=own)
+        else:
+            from learnware_cli.search.statistical import find_mixture
+
+            found = find_mixture(user_spec, pool_z, pool_beta, max_size=k, method=mixture_method)
         result.mixture = _mixture_doc_described(found, described)
     return result
 

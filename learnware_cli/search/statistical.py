@@ -14,8 +14,6 @@ kernels.mmd2_from_products.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,16 +21,17 @@ import numpy as np
 from learnware_cli.rkme import kernels
 from learnware_cli.rkme.spec import RKMESpec
 
-MIXTURE_POOL = 32  # the mixture is chosen among this many best single matches
-GREEDY_POOL = 16  # the greedy search's pool, as it was
-MIN_IMPROVEMENT = 0.05  # a member stays only if it lowers the mixture MMD^2 by at least 5 %
-MIN_WEIGHT = 1e-3  # members below this weight are dropped and the rest re-weighted
-MIXTURE_METHODS = ("closest", "greedy")
-
-
-def similarity(mmd2, own, selfs):
-    """1 - MMD^2 / (<u,u> + <s,s>), clipped to [0, 1] (elementwise)."""
-    return np.clip(1.0 - np.asarray(mmd2) / (own + np.asarray(selfs)), 0.0, 1.0)
+# the rule's constants, similarity and Mixture are shared with the NumPy port (search.exact_numpy),
+# which the two-stage search uses so that it never imports JAX
+from learnware_cli.search.exact_numpy import (  # noqa: F401  (re-exported)
+    GREEDY_POOL,
+    MIN_IMPROVEMENT,
+    MIN_WEIGHT,
+    MIXTURE_METHODS,
+    MIXTURE_POOL,
+    Mixture,
+    similarity,
+)
 
 
 # --------------------------------------------------------------------------- exact re-scoring (float64)
@@ -230,14 +229,6 @@ def _exact_weights(user_z, user_beta, zs, betas, gamma, active):
 
 
 _exact_weights_jit = jax.jit(_exact_weights)
-
-
-@dataclass
-class Mixture:
-    members: list[int]  # pool positions, heaviest first
-    weights: np.ndarray  # (len(members),), each >= min_weight, summing to 1
-    mmd2: float
-    score: float
 
 
 def find_mixture(
