@@ -352,7 +352,7 @@ def test_killed_writers_leave_no_half_entry_and_lose_no_commit(url, corpus, tmp_
     _checked_item(corpus, tmp_path)
     rng = random.Random(16)
     committed = set()
-    procs = [_writer(url, corpus, tmp_path / f"runner-{n}", count=40) for n in range(3)]
+    procs = [_writer(url, corpus, tmp_path / f"runner-{n}", count=100_000) for n in range(3)]  # still writing when killed
     for proc in procs:  # each killed at a random moment of its commit loop: uploading, creating the log record, applying it, ...
         first = proc.stdout.readline()
         assert first.startswith("committed"), proc.stderr.read()[-800:]
