@@ -10,54 +10,16 @@ multiply the request counts by a real round trip (10-30 ms in-region) for that.
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-
-@contextmanager
-def local_s3():
-    """moto's S3 server on a free loopback port, with dummy credentials in the environment -> endpoint URL.
-
-    moto checks If-None-Match and stores in two steps; PutObject is made atomic here, as S3's is.
-    """
-    from moto.s3.responses import S3Response
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    original = S3Response.put_object
-    lock = threading.Lock()
-
-    def atomic(self, *args, **kwargs):
-        with lock:
-            return original(self, *args, **kwargs)
-
-    S3Response.put_object = atomic
-    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
-    saved = {name: os.environ.get(name) for name in names}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        S3Response.put_object = original
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+from learnware_cli.experiment.local_s3 import local_s3
 
 
 def _packages(folder: Path, count: int, dim: int = 8) -> tuple[list[Path], Path]:

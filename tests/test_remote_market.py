@@ -6,18 +6,15 @@ thread of this process on a free loopback port, needs no network and no account,
 and installs from PyPI. lw talks to it through s3fs exactly as to AWS, with dummy
 credentials from the environment and ``AWS_ENDPOINT_URL``.
 
-One thing moto does not do as S3 does: it checks If-None-Match and then stores
-the object in two steps, with no lock between them, so two simultaneous
-conditional creates of one key can both "succeed". S3 (and MinIO, R2, GCS's
-generation-match) decide it atomically. The fixture makes moto's PutObject
-atomic with a lock, so these tests exercise lw's protocol rather than that gap.
+One thing moto does not do as S3 does: two simultaneous conditional creates of
+one key can both "succeed"; ``experiment.local_s3`` makes its PutObject atomic,
+as S3's (and MinIO's, R2's) is, so these tests exercise lw's protocol.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import random
 import signal
@@ -38,40 +35,15 @@ from learnware_cli.errors import EXIT_MARKET, EXIT_NOT_FOUND  # noqa: E402
 from learnware_cli.market import objstore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lw-test", "AWS_SECRET_ACCESS_KEY": "lw-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on a free 127.0.0.1 port, for the whole session -> its endpoint URL."""
-    from moto.s3.responses import S3Response
-    from moto.server import ThreadedMotoServer
+    """moto's S3 server on a free 127.0.0.1 port, for the whole session -> its endpoint URL (experiment.local_s3)."""
+    from learnware_cli.experiment.local_s3 import local_s3
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    original = S3Response.put_object
-    lock = threading.Lock()
-
-    def atomic_put_object(self, *args, **kwargs):  # see the module docstring
-        with lock:
-            return original(self, *args, **kwargs)
-
-    S3Response.put_object = atomic_put_object
-    saved = {key: os.environ.get(key) for key in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
-    try:
+    with local_s3() as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-        S3Response.put_object = original
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ from learnware_cli.market.store import (
     SweepResult,
     now_iso,
     semantic_name,
-    template_text,
+    new_market_config,
 )
 
 LOG = "log/"
@@ -200,22 +200,8 @@ class Remote:
 
     def create(self, name: Optional[str] = None, gamma: Optional[float] = None, k: Optional[int] = None) -> dict:
         """`lw init s3://...`: write market.json, refusing (atomically) if one is there."""
-        from learnware_cli.errors import InputError
-        from learnware_cli.market.semantic import VOCABULARY
-
-        config = json.loads(template_text("market.json"))
-        config["vocabulary"] = VOCABULARY
-        config["name"] = name or (self.url.rstrip("/").rsplit("/", 1)[-1] or "market")
-        config["created"] = now_iso()
+        config = new_market_config(name or (self.url.rstrip("/").rsplit("/", 1)[-1] or "market"), gamma, k)
         config["storage"] = {"kind": "s3", "log": LOG_FORMAT}
-        if gamma is not None:
-            if not gamma > 0:
-                raise InputError(f"gamma must be positive, got {gamma}")
-            config["kernel"]["gamma"] = float(gamma)
-        if k is not None:
-            if k < 1:
-                raise InputError(f"K must be at least 1, got {k}")
-            config["kernel"]["K"] = int(k)
         with _remote_errors(f"cannot create the market at {self.url}"):
             if self.store.list(LOG):
                 raise MarketError(f"{self.url}: holds a market log already; refusing to overwrite it")

@@ -298,20 +298,7 @@ class Market:
             raise MarketError(f"{root}: a market already exists here; refusing to overwrite it")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise MarketError(f"{root}: exists and is not an empty folder; refusing to overwrite it")
-        from learnware_cli.market.semantic import VOCABULARY
-
-        config = json.loads(template_text("market.json"))
-        config["vocabulary"] = VOCABULARY
-        config["name"] = name or root.resolve().name
-        config["created"] = now_iso()
-        if gamma is not None:
-            if not gamma > 0:
-                raise InputError(f"gamma must be positive, got {gamma}")
-            config["kernel"]["gamma"] = float(gamma)
-        if k is not None:
-            if k < 1:
-                raise InputError(f"K must be at least 1, got {k}")
-            config["kernel"]["K"] = int(k)
+        config = new_market_config(name or root.resolve().name, gamma, k)
         with market_write("cannot create the market", root):
             cls._build(root, config)
         return cls(root, config)
@@ -1086,6 +1073,25 @@ class Market:
         backup = path.with_name(f"{CATALOG_FILE}.{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%S%fZ}.bak")
         shutil.copyfile(path, backup)
         return backup.name
+
+
+def new_market_config(name: str, gamma: Optional[float] = None, k: Optional[int] = None) -> dict:
+    """market.json of a new market: the template's, with the vocabulary, name, creation time and kernel (gamma, K)."""
+    from learnware_cli.market.semantic import VOCABULARY
+
+    config = json.loads(template_text("market.json"))
+    config["vocabulary"] = VOCABULARY
+    config["name"] = name
+    config["created"] = now_iso()
+    if gamma is not None:
+        if not gamma > 0:
+            raise InputError(f"gamma must be positive, got {gamma}")
+        config["kernel"]["gamma"] = float(gamma)
+    if k is not None:
+        if k < 1:
+            raise InputError(f"K must be at least 1, got {k}")
+        config["kernel"]["K"] = int(k)
+    return config
 
 
 def stored_record_fields(semantic: dict, spec, package_bytes: int) -> dict:
