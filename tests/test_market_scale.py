@@ -132,3 +132,18 @@ def test_lw_list_and_show_read_only_what_they_print(tmp_path, lw_json, monkeypat
     users[0].save(tmp_path / "u.json")
     code, doc = lw_json("search", "--market", market.root, "--spec", tmp_path / "u.json", "-k", "3")
     assert code == 0 and len(doc["single"]) == 3, doc
+
+
+def test_an_island_too_big_to_stack_is_ranked_by_streaming_its_segments(tmp_path, monkeypatch):
+    """--exact on an island above DENSE_EXACT_MAX streams the memory-mapped segments over the devices
+    (rkme.sharded) instead of stacking them: the same ranking as the in-memory stack."""
+    rng = np.random.default_rng(6)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    _fill(market, _specs(600, rng), chunk=250)
+    market.remove("00000007")
+    users = _specs(6, np.random.default_rng(7))
+    stacked = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, exact=True).single] for u in users]
+    monkeypatch.setattr(engine, "DENSE_EXACT_MAX", 100)
+    streamed = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, exact=True).single] for u in users]
+    assert [[i for i, _ in row] for row in streamed] == [[i for i, _ in row] for row in stacked]
+    assert np.allclose([m for row in streamed for _, m in row], [m for row in stacked for _, m in row], rtol=1e-9)

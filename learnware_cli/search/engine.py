@@ -179,8 +179,10 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     else:
         from learnware_cli.search.statistical import exact_mmd2, self_product
 
-        stack = _dense_stack(market, view, user_spec.dim, all_versions)
-        distances = user_spec.mmd2_to_stack(stack)[rows]
+        if view.count > DENSE_EXACT_MAX:  # too big to hold twice (host + device): stream the segments
+            distances = _streamed_mmd2(view, user_spec)[rows]
+        else:
+            distances = user_spec.mmd2_to_stack(_dense_stack(market, view, user_spec.dim, all_versions))[rows]
         order = rows[np.argsort(distances, kind="stable")]
         pool = order[:pool_size]
         pool_z, pool_beta, _ = view.gather(pool)
@@ -200,6 +202,25 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
             found = find_mixture(user_spec, pool_z, pool_beta, max_size=k, method=mixture_method)
         result.mixture = _mixture_doc_described(found, described)
     return result
+
+
+DENSE_EXACT_MAX = 200_000  # live learnwares up to which the exact search stacks the island in memory (1.7 GB at K=100, d=20)
+
+
+def _streamed_mmd2(view, user_spec: RKMESpec) -> np.ndarray:
+    """MMD^2 (float32 kernels, float64 sums) to every live row in view order, streamed from the memory-mapped
+    segments block by block over every JAX device (rkme.sharded): memory stays at a few blocks whatever M is."""
+    from learnware_cli.rkme.sharded import mmd2_to_stack_sharded
+
+    parts = []
+    for segment in view.segments:
+        live = np.flatnonzero(segment.live)
+        if live.size == segment.rows:
+            zs, betas, selfs = segment.zs, segment.betas, segment.selfs
+        else:
+            zs, betas, selfs = segment.zs[live], segment.betas[live], np.asarray(segment.selfs)[live]
+        parts.append(mmd2_to_stack_sharded(user_spec.z, user_spec.beta, user_spec.gamma, zs, betas, np.asarray(selfs), dtype="float32"))
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarray:
