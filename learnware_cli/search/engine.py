@@ -236,15 +236,40 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
     offset = 0
     for segment, live in zip(view.segments, lives):
         n = int(live.sum())
-        block = np.asarray(segment.sketch)[live] if not live.all() else segment.sketch
-        for start in range(0, n, sketch.NEAREST_BLOCK):
-            chunk = np.asarray(block[start : start + sketch.NEAREST_BLOCK], dtype=np.float32)
-            distances[offset + start : offset + start + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+        position = offset
+        for rows_read, chunk in _row_blocks(segment.sketch, SKETCH_READ_ROWS):
+            chunk = chunk[live[rows_read : rows_read + chunk.shape[0]]]
+            distances[position : position + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+            position += chunk.shape[0]
         selfs[offset : offset + n] = np.asarray(segment.selfs)[live]
         offset += n
     restrict = None if rows.size == view.count else rows
     near = sketch.smallest(distances, sketch.DEFAULT_CANDIDATES, restrict)
     return sketch.merge_candidates(near, selfs, sketch.DEFAULT_SELF_CANDIDATES, restrict)
+
+
+SKETCH_READ_ROWS = 16_384  # sketch rows read at once: 32 MB at D = 512
+
+
+def _row_blocks(array, rows: int):
+    """(first row, float32 block) of a 2-D array, ``rows`` at a time. A memory-mapped .npy file is read with plain
+    file reads into one reused buffer, so its pages stay in the page cache, not in this process (a 10^6 market's
+    sketches are 2 GB: mapped, they would all count towards the search's memory)."""
+    filename = getattr(array, "filename", None)
+    if not isinstance(array, np.memmap) or not filename or not array.flags.c_contiguous or array.dtype != np.float32:
+        for start in range(0, array.shape[0], rows):
+            yield start, np.asarray(array[start : start + rows], dtype=np.float32)
+        return
+    width = array.shape[1]
+    buffer = np.empty((rows, width), dtype=np.float32)
+    with open(filename, "rb") as fh:
+        fh.seek(array.offset)
+        for start in range(0, array.shape[0], rows):
+            count = min(rows, array.shape[0] - start)
+            view = buffer[:count]
+            if fh.readinto(memoryview(view).cast("B")) != view.nbytes:
+                raise OSError(f"{filename}: shorter than its header says")
+            yield start, view
 
 
 def _describe_rows(market: Market, ids: np.ndarray, versions: np.ndarray, positions) -> list[dict]:
