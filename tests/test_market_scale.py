@@ -147,3 +147,23 @@ def test_an_island_too_big_to_stack_is_ranked_by_streaming_its_segments(tmp_path
     streamed = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, exact=True).single] for u in users]
     assert [[i for i, _ in row] for row in streamed] == [[i for i, _ in row] for row in stacked]
     assert np.allclose([m for row in streamed for _, m in row], [m for row in stacked for _, m in row], rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_the_scale_bench_runs_quick(tmp_path):
+    """`make bench --only scale --quick`: a 10^4 market built by the bulk path, every figure of the table printed,
+    and the two-stage search's recall@5 against the exact one at least 0.99."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, LW_BENCH_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "learnware_cli.bench", "--only", "scale", "--quick", "--json"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["case"]: row for row in json.loads(done.stdout)["rows"]}
+    for case in ("`lw --help`", "build 10000 learnwares (bulk path)", "cold `lw search`, 10000", "cold `lw list --limit 20`, 10000",
+                 "warm search, 10000", "recall@5 two-stage vs exact, 10000", "add 1 000 learnwares to 10000", "add 1 learnware to 10000"):
+        assert case in rows, case
+    assert rows["recall@5 two-stage vs exact, 10000"]["seconds"] >= 0.99
