@@ -241,7 +241,10 @@ def two_thousand(tmp_path_factory):
     return market.root, user_path
 
 
-def test_two_stage_search_never_imports_jax_and_matches_the_exact_search(two_thousand, tmp_path, lw_json):
+def test_two_stage_search_never_imports_jax_and_matches_the_exact_search(two_thousand, tmp_path, lw_json, monkeypatch):
+    from learnware_cli.search import engine
+
+    monkeypatch.setattr(engine, "NUMPY_EXACT_MAX", 0)  # the exact search below runs on the device, with JAX
     root, user_path = two_thousand
     wrapper = tmp_path / "run_lw.py"
     wrapper.write_text(WRAPPER)
@@ -267,6 +270,32 @@ def test_two_stage_search_never_imports_jax_and_matches_the_exact_search(two_tho
     assert [m for m, _ in members] == [m for m, _ in expected]
     np.testing.assert_allclose([w for _, w in members], [w for _, w in expected], atol=2e-6)
     assert staged["mixture"]["mmd2"] == pytest.approx(exact["mixture"]["mmd2"], rel=1e-6)
+
+
+def test_a_small_market_is_searched_exactly_without_jax(two_thousand, tmp_path, lw_json, monkeypatch):
+    """Up to NUMPY_EXACT_MAX learnwares every MMD^2 is computed in NumPy float64: a cold `lw search` never starts
+    JAX, and finds what the device's exact search finds."""
+    from learnware_cli.search import engine
+
+    root, user_path = two_thousand
+    wrapper = tmp_path / "run_lw.py"
+    wrapper.write_text(WRAPPER)
+    env = {k: v for k, v in os.environ.items() if k != "LW_TWO_STAGE_FROM"}
+    done = subprocess.run(
+        [sys.executable, str(wrapper), "search", "--market", str(root), "--spec", str(user_path), "-k", "5", "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "LW-JAX-IMPORTED=False" in done.stderr, done.stderr
+    small = json.loads(done.stdout)
+    assert small["user"]["stage"]["method"] == "exact"
+    monkeypatch.setattr(engine, "NUMPY_EXACT_MAX", 0)
+    code, device = lw_json("search", "--market", root, "--spec", user_path, "-k", "5", "--exact")
+    assert code == 0
+    assert [r["id"] for r in small["single"]] == [r["id"] for r in device["single"]]
+    for a, b in zip(small["single"], device["single"]):
+        assert a["mmd2"] == pytest.approx(b["mmd2"], rel=1e-9, abs=1e-12)
+    assert [m["id"] for m in small["mixture"]["learnwares"]] == [m["id"] for m in device["mixture"]["learnwares"]]
 
 
 def test_two_stage_from_reads_the_environment():

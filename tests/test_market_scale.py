@@ -142,6 +142,7 @@ def test_an_island_too_big_to_stack_is_ranked_by_streaming_its_segments(tmp_path
     _fill(market, _specs(600, rng), chunk=250)
     market.remove("00000007")
     users = _specs(6, np.random.default_rng(7))
+    monkeypatch.setattr(engine, "NUMPY_EXACT_MAX", 0)  # the device paths, not NumPy's
     stacked = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, exact=True).single] for u in users]
     monkeypatch.setattr(engine, "DENSE_EXACT_MAX", 100)
     streamed = [[(r["id"], r["mmd2"]) for r in search(market, u, k=5, exact=True).single] for u in users]

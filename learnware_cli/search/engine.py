@@ -165,14 +165,15 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
         return result
     pool_size = max(k, MIXTURE_POOL if mixture and k > 1 else k)
     two_stage = not exact and view.sketchable and rows.size >= TWO_STAGE_FROM
-    if two_stage:
-        candidates = _sketch_candidates(view, user_spec, rows)
+    in_numpy = two_stage or rows.size <= NUMPY_EXACT_MAX
+    if in_numpy:  # NumPy float64, no JAX: candidates, or every row of a small island
+        candidates = _sketch_candidates(view, user_spec, rows) if two_stage else rows
         zs, betas, _ = view.gather(candidates)
         mmd, selfs = exact_numpy.mmd2_to_specs(user_spec.z, user_spec.beta, zs, betas, user_spec.gamma)
         own = exact_numpy.inner_product(user_spec.z, user_spec.beta, user_spec.z, user_spec.beta, user_spec.gamma)
         ranked = np.lexsort((candidates, mmd))
         order, order_mmd, order_selfs = candidates[ranked], mmd[ranked], selfs[ranked]
-        result.user["stage"] = {"method": "sketch", "candidates": int(candidates.size)}
+        result.user["stage"] = {"method": "sketch", "candidates": int(candidates.size)} if two_stage else {"method": "exact"}
         pool = order[:pool_size]
         pool_z, pool_beta = zs[ranked[:pool_size]], betas[ranked[:pool_size]]
         top_mmd, top_selfs = order_mmd[:k], order_selfs[:k]
@@ -194,7 +195,7 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     for position, (row_mmd, score) in enumerate(zip(top_mmd, scores)):
         result.single.append({**described[position], "mmd2": max(float(row_mmd), 0.0), "score": round(float(score), 4)})
     if mixture and k > 1:
-        if two_stage:
+        if in_numpy:
             found = exact_numpy.find_mixture(user_spec.z, user_spec.beta, pool_z, pool_beta, user_spec.gamma, max_size=k, method=mixture_method, own=own)
         else:
             from learnware_cli.search.statistical import find_mixture
@@ -204,6 +205,9 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     return result
 
 
+# up to this many learnwares every row's MMD^2 is computed in NumPy float64 (~0.2 s), so a cold `lw search` of a
+# small market never starts JAX (its start and program loading cost ~1.5 s); above it JAX ranks on the device
+NUMPY_EXACT_MAX = 3_000
 DENSE_EXACT_MAX = 200_000  # live learnwares up to which the exact search stacks the island in memory (1.7 GB at K=100, d=20)
 
 
