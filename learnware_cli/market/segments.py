@@ -31,7 +31,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -282,5 +282,3 @@ def remove_folder(root: Path, name: str) -> None:
     with contextlib.suppress(OSError):
         shutil.rmtree(root / SEGMENTS_DIR / name)
 
-
-ProgressFn = Optional[Callable[[int, int], None]]

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from learnware_cli.errors import MarketError
-from learnware_cli.market.segments import TABLE, island_name, spec_kind
+from learnware_cli.market.segments import TABLE, island_name, spec_kind, split_island
 from learnware_cli.market.store import Market
 
 
@@ -137,7 +137,7 @@ def rebuild_all(market: Market, progress: Optional[Callable[[int, int], None]] =
     counts = {}
     for island in market.islands():
         market.compact(island, everything=True)
-        kind, dim = island.rpartition("/d")[0], int(island.rpartition("/d")[2])
+        kind, dim = split_island(island)
         view = market.island_view(island)
         if view.count:
             counts[str(dim) if kind == TABLE else f"{kind}/{dim}"] = view.count
