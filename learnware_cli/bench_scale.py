@@ -1,8 +1,9 @@
 """`make bench --only scale`: a market of 10^4, 10^5 (and, with LW_BENCH_HUGE=1, 10^6) learnwares, built with the
 bulk path (``experiment.synthetic.write_spec_only_learnwares``: spec-only entries, K = 100, d = 20).
 
-For each size: build time and bytes on disk per learnware (all of it, and the index: catalog + search
-segments), cold `lw search` as a whole process (median of 3, with its peak RSS), warm search in-process
+For each size: build time and bytes on disk per learnware (all of it, as file sizes and as the disk blocks
+they take, and the index: catalog + search segments; a version folder keeps its spec once, in its
+package.zip), cold `lw search` as a whole process (median of 3, with its peak RSS), warm search in-process
 (two-stage and exact), recall@5 of the two-stage search against the exact one over 40 users, cold
 `lw list --limit 20`, `lw --help`, and the time to add 1 000 learnwares and one learnware to the market
 (beside one learnware into an empty market).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,17 @@ def _disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def _disk_usage(root: Path) -> tuple[int, int]:
+    """(bytes in the files under root, bytes of the disk blocks under root, folders included: what `du` counts;
+    small files round up to a block) in one walk."""
+    total = blocks = 0
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        blocks += info.st_blocks * 512
+    return total, blocks
+
+
 def _process(cmd: list) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of one whole process."""
     wrapper = "import resource, subprocess, sys, time; t = time.perf_counter(); subprocess.run(sys.argv[1:], check=True, capture_output=True); " \
@@ -63,6 +76,31 @@ def _median_process(cmd: list, repeats: int = 3) -> tuple[float, float]:
 
 def _lw() -> list:
     return [sys.executable, "-m", "learnware_cli"]
+
+
+def _packages(folder: Path, count: int) -> list:
+    """count real packages (a Ridge model on DIM columns, its RKME, a semantic spec) for `lw submit`."""
+    import joblib
+    from sklearn.linear_model import Ridge
+
+    from learnware_cli.market.pack import pack_sklearn
+    from learnware_cli.market.semantic import build_semantic
+    from learnware_cli.rkme import fit_rkme
+
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(count):
+        x = rng.normal(size=(500, DIM)) * 3 + rng.normal(size=DIM) * 3
+        joblib.dump(Ridge().fit(x, x @ rng.normal(size=DIM)), folder / f"model{i}.joblib")
+        fit_rkme(x, k=K, gamma=0.1).save(folder / f"spec{i}.json")
+        semantic = build_semantic(f"scale bench {i}", "", "Table", "Regression", "Scikit-learn", ["Business"], "MIT", DIM, 1)
+        out.append(pack_sklearn(folder / f"model{i}.joblib", folder / f"spec{i}.json", semantic, folder / f"package{i}.zip"))
+    return out
+
+
+def _submit_seconds(market_root: Path, packages: list) -> float:
+    """Median seconds of one whole `lw submit PACKAGE` process (every check), one package per run."""
+    return float(np.median([_process(_lw() + ["submit", package, "--market", market_root, "--json"])[0] for package in packages]))
 
 
 def bench_scale() -> None:
@@ -83,22 +121,23 @@ def bench_scale() -> None:
         started = time.perf_counter()
         _fill(empty, 1, rng)
         one_empty = time.perf_counter() - started
+        (tmp / "packages").mkdir()
+        packages = _packages(tmp / "packages", 6)
+        submit_empty = _submit_seconds(Market.create(tmp / "empty-submit").root, packages[:3])
         for m in sizes:
             market = Market.create(tmp / f"m{m}")
             started = time.perf_counter()
             _fill(market, m, rng)
             built = time.perf_counter() - started
-            total = _disk_bytes(market.root)
+            total, blocks = _disk_usage(market.root)
             index_bytes = (market.root / "index.sqlite").stat().st_size + _disk_bytes(market.root / "segments")
             record("scale", f"build {m} learnwares (bulk path)", built,
-                   f"{total / m / 1024:.1f} KiB/learnware on disk, index (catalog + segments) {index_bytes / m / 1024:.1f} KiB/learnware = {index_bytes / 2**30:.2f} GiB")
+                   f"{total / m / 1024:.1f} KiB/learnware on disk ({blocks / m / 1024:.1f} KiB in disk blocks), "
+                   f"index (catalog + segments) {index_bytes / m / 1024:.1f} KiB/learnware = {index_bytes / 2**30:.2f} GiB")
 
             # users: near a market learnware (a real best match) and anywhere
             per_kind = 20 if m < HUGE else 5  # an exact search of 10^6 streams 8 GB: fewer users there
-            stored = [market.version_dir(f"{i:08d}", 1) for i in rng.integers(1, m + 1, size=per_kind)]
-            from learnware_cli.specs import load_spec
-
-            near = [load_spec(folder / "rkme.json") for folder in stored]
+            near = [market.version_spec(f"{i:08d}", 1) for i in rng.integers(1, m + 1, size=per_kind)]
             users = [type(s)(z=np.asarray(s.z) + rng.normal(size=np.shape(s.z)) * 0.3, beta=s.beta, gamma=s.gamma) for s in near] + _specs(per_kind, rng)
             user_path = tmp / "user.json"
             users[0].save(user_path)
@@ -131,5 +170,7 @@ def bench_scale() -> None:
             started = time.perf_counter()
             _fill(market, 1, rng)
             one = time.perf_counter() - started
-            record("scale", f"add 1 learnware to {m}", one, f"into an empty market {one_empty:.3f} s", "no slower than empty")
+            record("scale", f"add 1 learnware to {m}", one, f"bulk path; into an empty market {one_empty:.3f} s")
+            submitted = _submit_seconds(market.root, packages[3:])
+            record("scale", f"one `lw submit` into {m}", submitted, f"whole process, every check, median of 3; into an empty market {submit_empty:.2f} s", "no slower than empty")
             shutil.rmtree(market.root)

@@ -122,3 +122,26 @@ def wait_until(predicate, seconds: float) -> bool:
             return True
         time.sleep(0.05)
     return predicate()
+
+
+def assert_spec_stored_once(root, learnware_id: str, version: int, package) -> object:
+    """A submitted version keeps its specification once, in its package.zip: its folder has no rkme.json, its
+    record names the spec file, and ``Market.version_spec`` is that file of the submitted package, parsed -> it."""
+    import zipfile
+
+    from learnware_cli.market.store import Market
+    from learnware_cli.specs import load_spec
+
+    market = Market.open(root)
+    record = market.version_record(market.entry(learnware_id), version)
+    assert not (market.version_dir(learnware_id, version) / "rkme.json").exists()
+    with zipfile.ZipFile(package) as archive:
+        names = [n for n in archive.namelist() if n == record["spec_file"] or n.endswith("/" + record["spec_file"])]
+        assert len(names) == 1, (record["spec_file"], archive.namelist())
+        submitted = load_spec(json.loads(archive.read(names[0])), source=names[0])
+    stored = market.version_spec(learnware_id, version)
+    assert type(stored) is type(submitted)
+    assert json.dumps(stored.to_json_dict(), sort_keys=True) == json.dumps(submitted.to_json_dict(), sort_keys=True)
+    for ours, theirs in zip(stored.stack_arrays(), submitted.stack_arrays()):
+        assert ours.dtype == theirs.dtype and (ours == theirs).all()
+    return stored

@@ -304,7 +304,7 @@ def test_two_stage_from_reads_the_environment():
     assert out.stdout.strip() == "123"
     env = {k: v for k, v in os.environ.items() if k != "LW_TWO_STAGE_FROM"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.strip() == "20000"
+    assert out.stdout.strip() == "3000"
 
 
 def test_importing_the_table_spec_does_not_import_jax(tmp_path):

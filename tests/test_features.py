@@ -284,3 +284,42 @@ def test_numbered_columns_stay_apart():
     ]
     vocabulary = build_vocabulary(entries)
     assert vocabulary.of("00000002") == ["sensor 10", "own 100", "temp 2020"]
+
+
+def test_show_builds_the_vocabulary_from_the_learnwares_that_describe_columns(tmp_path, lw_json, monkeypatch):
+    """`lw show` must not read every entry of a big market: only learnwares whose semantic spec describes or names
+    a column can add features, and a partial index lists them. Same features as the vocabulary of every entry."""
+    import sqlite3
+
+    import numpy as np
+
+    from learnware_cli.experiment.synthetic import spec_only_semantic, write_spec_only_learnwares
+    from learnware_cli.market.catalog import DESCRIBES_COLUMNS
+    from learnware_cli.rkme.spec import RKMESpec
+
+    market = Market.create(tmp_path / "market", gamma=bp.GAMMA, k=50)
+    rng = np.random.default_rng(0)
+    specs = [RKMESpec(z=rng.normal(size=(5, bp.DIM)), beta=np.full(5, 0.2), gamma=bp.GAMMA) for _ in range(6)]
+    write_spec_only_learnwares(market, specs[:3], [spec_only_semantic(f"plain {i}", bp.DIM) for i in range(3)])  # describe nothing
+    described = [entry("x", ["Temp (C)"] + [f"feature {i}" for i in range(1, bp.DIM)])["semantic"],
+                 entry("x", ["temp c"] + [f"Feature {i}" for i in range(1, bp.DIM)], ids=[None, "humidity"])["semantic"]]
+    write_spec_only_learnwares(market, specs[3:5], described)
+    write_spec_only_learnwares(market, specs[5:], [spec_only_semantic("plain 5", bp.DIM)])
+    with sqlite3.connect(market.root / "index.sqlite") as conn:  # a market from before the index: its next write adds it
+        conn.execute("DROP INDEX learnwares_with_features")
+    write_spec_only_learnwares(market, specs[:1], [spec_only_semantic("plain 6", bp.DIM)])
+    every = build_vocabulary(market.entries())
+    assert [e["id"] for e in market.feature_entries()] == ["00000004", "00000005"]
+    assert build_vocabulary(market.feature_entries()).features.keys() == every.features.keys()
+    expected = features_of(described[1], every)
+    assert "humidity" in expected and "temp c" in expected
+
+    def everything(*args, **kwargs):
+        raise AssertionError("read the whole index")
+
+    monkeypatch.setattr(Market, "read_index", everything)
+    code, shown = lw_json("show", "00000005", "--market", market.root)
+    assert code == 0 and shown["features"] == expected, shown
+    with sqlite3.connect(market.root / "index.sqlite") as conn:
+        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN SELECT id, semantic FROM learnwares WHERE {DESCRIBES_COLUMNS} ORDER BY id"))
+    assert "learnwares_with_features" in plan, plan

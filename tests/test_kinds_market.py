@@ -14,6 +14,7 @@ import random
 import joblib
 import numpy as np
 import pytest
+from conftest import assert_spec_stored_once
 
 TOPICS = {
     "football": (["striker", "goalkeeper", "referee", "midfielder", "coach"], ["scored a goal", "saved a penalty", "missed the match", "won the derby", "lost the final"]),
@@ -78,6 +79,8 @@ def test_text_learnwares_from_pack_to_reuse(tmp_path, lw_json):
     assert code == 0 and len(doc["accepted"]) == 2, doc
     probed = json.loads((market / "learnwares" / "00000001" / "v1" / "semantic.json").read_text())
     assert probed["Data"]["Values"] == ["Text"]
+    for number, package in enumerate(zips, 1):
+        assert type(assert_spec_stored_once(market, f"{number:08d}", 1, package)).__name__ == "TextSpecification"
 
     texts, labels = topic_texts("cooking", 60, seed=9)  # the user's own sentences, never seen by the market
     (tmp_path / "user.txt").write_text("\n".join(texts) + "\n")
@@ -121,6 +124,8 @@ def test_one_market_holds_tables_images_and_texts(tmp_path, lw_json):
              for name, classes in (("low", range(0, 5)), ("high", range(5, 10)))]
     code, doc = lw_json("submit", *zips, "--market", market)
     assert code == 0 and len(doc["accepted"]) == 4, doc
+    kinds = [type(assert_spec_stored_once(market, f"{number:08d}", 1, package)).__name__ for number, package in enumerate(zips, 1)]
+    assert kinds == ["RKMESpec", "TextSpecification", "ImageSpecification", "ImageSpecification"]
     code, listed = lw_json("list", "--market", market)
     assert code == 0 and len(listed["learnwares"]) == 4
 

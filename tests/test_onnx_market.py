@@ -7,7 +7,7 @@ import json
 import joblib
 import numpy as np
 import pytest
-from conftest import read_index
+from conftest import assert_spec_stored_once, read_index
 
 
 @pytest.fixture()
@@ -44,6 +44,8 @@ def test_a_mixed_market_checks_and_reuses_onnx_and_python_learnwares_alike(model
         assert "model.onnx" in archive.namelist() and "__init__.py" not in archive.namelist()
     code, doc = lw_json("submit", *zips, "--market", models / "market")
     assert code == 0 and len(doc["accepted"]) == 4, doc
+    for number, package in enumerate(zips, 1):  # ONNX and Python learnwares alike keep their spec once, in the package
+        assert_spec_stored_once(models / "market", f"{number:08d}", 1, package)
     kinds = {}
     for learnware in ("00000001", "00000002", "00000003", "00000004"):
         code, shown = lw_json("show", learnware, "--market", models / "market")

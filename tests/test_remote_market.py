@@ -79,9 +79,12 @@ def _assert_consistent(url: str, cache: Path) -> dict:
     for entry in index["learnwares"].values():
         for record in entry["versions"]:
             folder = market.version_dir(entry["id"], record["version"])
-            for name in ("package.zip", "rkme.json", "semantic.json", "report.json"):
+            for name in ("package.zip", "semantic.json", "report.json"):
                 assert (folder / name).is_file(), f"{entry['id']}@{record['version']}: no {name}"
             assert hashlib.sha256((folder / "package.zip").read_bytes()).hexdigest() == record["checksum"]
+            if record.get("spec_file"):  # the spec is stored once, in the package
+                assert not (folder / "rkme.json").exists()
+            assert market.version_spec(entry["id"], record["version"]).island_key().dim == record["input_dim"]
     for island in market.islands():
         keys = set(zip(*(a.tolist() for a in market.island_view(island).keys())))
         for entry in index["learnwares"].values():

@@ -427,3 +427,137 @@ def test_a_market_with_an_index_json_is_upgraded_keeping_exactly_what_it_listed(
     assert after["learnwares"] == before["learnwares"] and after["next_id"] == before["next_id"]
     assert search(upgraded, _spec(3), k=1).single[0]["id"] == "00000002"
     assert upgraded.sweep().removed == ["learnwares/00000003/v1"]
+
+
+# -- 8. the specification is stored once: in the package, or in an older folder's rkme.json ----------
+
+
+def _add_new_layout(market: Market, work: Path, seed: int, manifest: bool = True) -> tuple[dict, dict]:
+    """Store a learnware the way submit now does: the spec only in package.zip (rkme.json, named by learnware.yaml)."""
+    import badpackages as bp
+
+    folder = work / f"new-{seed}"
+    folder.mkdir(parents=True)
+    spec = _spec(seed)
+    files = {"rkme.json": json.dumps(spec.to_json_dict(), indent=2)}
+    if manifest:
+        files.update({"learnware.yaml": bp.LEARNWARE_YAML, "__init__.py": ""})
+    package = bp.write_zip(folder / "package.zip", files, top="mine/")
+    semantic = spec_only_semantic(f"learnware {seed}", DIM)
+    fields = {**stored_record_fields(semantic, spec, package.stat().st_size), "spec_file": "rkme.json"}
+    return market.add_version({"package.zip": package}, semantic, fields)
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and json.dumps(a.to_json_dict(), sort_keys=True) == json.dumps(b.to_json_dict(), sort_keys=True)
+
+
+@pytest.fixture
+def mixed(market, tmp_path) -> Market:
+    """The market fixture (folders with rkme.json, as older lw stored them), plus 00000003 (seed 4) and 00000004-5
+    (bulk, seeds 5-6) whose specs are only in their packages."""
+    from learnware_cli.experiment.synthetic import write_spec_only_learnwares
+
+    _add_new_layout(market, tmp_path, 4)
+    write_spec_only_learnwares(market, [_spec(5), _spec(6)], [spec_only_semantic(f"bulk {s}", DIM) for s in (5, 6)])
+    return market
+
+
+def test_old_and_new_version_folders_give_their_specs_alike(mixed, lw_json):
+    seeds = {("00000001", 1): 1, ("00000001", 2): 2, ("00000002", 1): 3, ("00000003", 1): 4, ("00000004", 1): 5, ("00000005", 1): 6}
+    for (learnware_id, version), seed in seeds.items():
+        folder = mixed.version_dir(learnware_id, version)
+        record = mixed.version_record(mixed.entry(learnware_id), version)
+        assert (folder / "rkme.json").is_file() == (seed <= 3) and ("spec_file" in record) == (seed > 3)
+        assert _same(mixed.version_spec(learnware_id, version), _spec(seed)), (learnware_id, version)
+        assert _same(store.version_spec(folder, record), _spec(seed))
+        code, shown = lw_json("show", f"{learnware_id}@{version}", "--market", mixed.root)
+        assert code == 0 and shown["rkme"]["K"] == 4 and shown["package_verified"], shown
+    with zipfile.ZipFile(mixed.version_dir("00000004", 1) / "package.zip") as archive:  # the bulk path's package
+        assert [(i.filename, i.compress_type) for i in archive.infolist()] == [("rkme.json", zipfile.ZIP_DEFLATED)]
+        assert archive.testzip() is None
+
+
+def test_rebuild_reads_both_layouts_and_search_answers_the_same(mixed, lw_json):
+    from learnware_cli.search.engine import search
+
+    users = [_spec(seed) for seed in range(1, 8)]
+
+    def answers():
+        market = Market.open(mixed.root)
+        return [[(r["id"], r["version"], r["mmd2"]) for r in search(market, user, k=4, mixture=False).single] for user in users]
+
+    before, index = answers(), _index(mixed)
+    code, doc = lw_json("reindex", "--rebuild", "--market", mixed.root)
+    assert code == 0 and doc["rebuilt"]["learnwares"] == 5 and doc["rebuilt"]["versions"] == 6 and doc["rebuilt"]["skipped"] == [], doc
+    assert _index(mixed)["learnwares"] == index["learnwares"]  # spec_file included
+    assert answers() == before
+    assert [row[0][0] for row in before] == ["00000001", "00000001", "00000002", "00000003", "00000004", "00000005", "00000005"]
+
+
+def test_rebuild_reconstructs_a_new_layout_folder_from_its_package_manifest(mixed, lw_json):
+    """Without record.json, a folder without rkme.json is read through its learnware.yaml; a package that names no
+    spec (the bulk path's have no manifest) leaves its folder skipped, as an incomplete older one would be."""
+    for learnware_id in ("00000003", "00000004"):
+        (mixed.version_dir(learnware_id, 1) / "record.json").unlink()
+    code, doc = lw_json("reindex", "--rebuild", "--market", mixed.root)
+    assert code == 0, doc
+    assert [n.split(":")[0] for n in doc["rebuilt"]["reconstructed"]] == ["learnwares/00000003/v1"]
+    (skipped,) = doc["rebuilt"]["skipped"]
+    assert skipped.startswith("learnwares/00000004/v1: no record.json, no rkme.json, and package.zip gives no specification"), skipped
+    record = _index(mixed)["learnwares"]["00000003"]["versions"][0]
+    assert record["spec_file"] == "rkme.json" and record["K"] == 4
+    assert _same(Market.open(mixed.root).version_spec("00000003", 1), _spec(4))
+
+
+@pytest.mark.parametrize("damage", ["member gone", "member renamed in the record", "not a zip", "bad spec_file"])
+def test_a_package_that_no_longer_gives_its_spec_is_one_clear_error(mixed, lw, damage):
+    folder = mixed.version_dir("00000003", 1)
+    if damage == "member gone":
+        with zipfile.ZipFile(folder / "package.zip", "w") as archive:
+            archive.writestr("mine/learnware.yaml", "x: 1\n")
+    elif damage == "not a zip":
+        (folder / "package.zip").write_bytes(b"PK\x03\x04 truncated")
+    else:
+        document = json.loads((folder / "record.json").read_text())
+        document["record"]["spec_file"] = "elsewhere.json" if damage == "member renamed in the record" else 7
+        (folder / "record.json").write_text(json.dumps(document))
+    with pytest.raises(MarketError, match="learnware 00000003@1: its (specification cannot be read from its package.zip|record names no valid spec file)"):
+        store.version_spec(folder)
+    before = _index(mixed)
+    code, _, err = lw("reindex", "--rebuild", "--market", mixed.root)
+    line = " ".join(err.split())
+    assert code == EXIT_MARKET and "Traceback" not in err and "learnware 00000003@1" in line, err
+    assert _index(mixed) == before  # the old index stands
+
+
+def test_a_spec_over_the_cap_is_refused_not_read(mixed):
+    from learnware_cli.market.package import PackageLimits
+
+    folder = mixed.version_dir("00000003", 1)
+    with pytest.raises(MarketError, match=r"learnware 00000003@1: .*rkme.json is \d+ bytes, the limit is 100"):
+        store.version_spec(folder, None, PackageLimits(max_spec_bytes=100))
+    assert _same(store.version_spec(folder, None, PackageLimits(max_spec_bytes=10_000)), _spec(4))
+
+
+def test_the_bulk_path_stores_each_spec_exactly_in_its_package(tmp_path):
+    """write_spec_only_learnwares formats z and beta with Arrow (spec_json): every float64 reads back bit for bit,
+    whatever its size, and the text is the reference layout json.dumps would write (a -0.0 takes json.dumps)."""
+    from learnware_cli.experiment.synthetic import spec_json, write_spec_only_learnwares
+
+    rng = np.random.default_rng(5)
+    specs = []
+    for scale in (1e-300, 1e-5, 1.0, 3e7, 1e11):  # the checks allow |z| <= 1e12 (float32 search arrays)
+        z = rng.normal(size=(6, DIM)) * scale
+        z[0, 0], z[1, 1] = 1.0, 0.0  # integral floats are written "1", "0"
+        specs.append(RKMESpec(z=z, beta=rng.dirichlet(np.ones(6)), gamma=GAMMA, num_points=7))
+    specs[-1].z[2, 2] = -0.0
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=6)
+    ids = write_spec_only_learnwares(market, specs, [spec_only_semantic(f"s{i}", DIM) for i in range(len(specs))])
+    for learnware_id, spec in zip(ids, specs):
+        stored = market.version_spec(learnware_id, 1)
+        for ours, theirs in ((stored.z, spec.z), (stored.beta, spec.beta)):
+            assert np.array_equal(np.asarray(ours).view(np.int64), np.asarray(theirs).view(np.int64)), learnware_id
+        assert (stored.gamma, stored.num_points) == (spec.gamma, spec.num_points)
+        assert list(json.loads(spec_json(spec))) == list(spec.to_json_dict())
+    assert spec_json(specs[-1]) == json.dumps(specs[-1].to_json_dict(), separators=(",", ":")).encode()

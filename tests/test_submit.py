@@ -17,7 +17,7 @@ import pytest
 import badpackages as bp
 from learnware_cli.errors import EXIT_NOT_FOUND, EXIT_REJECTED
 from learnware_cli.market.store import Market
-from conftest import read_index
+from conftest import assert_spec_stored_once, read_index
 
 # the market-level subset of the corpus: one or more per check (test_checks.py runs every case)
 MARKET_CASES = [
@@ -51,8 +51,9 @@ def assert_valid_market(root: Path) -> dict:
     for entry in index["learnwares"].values():
         for record in entry["versions"]:
             folder = root / record["path"]
-            for name in ("package.zip", "rkme.json", "semantic.json", "report.json"):
+            for name in ("package.zip", "semantic.json", "report.json"):
                 assert (folder / name).is_file(), f"{folder / name} missing"
+            assert not (folder / "rkme.json").exists() and record["spec_file"] == "rkme.json"  # the spec is stored once, in the package
             data = (folder / "package.zip").read_bytes()
             assert hashlib.sha256(data).hexdigest() == record["checksum"]
     return index
@@ -91,11 +92,13 @@ def _fresh(corpus: Path, name: str) -> Path:
 
 
 def test_accepted_package_is_stored_and_listed(corpus, market, lw_json):
-    code, doc = lw_json("submit", bp.good_sklearn_zip(corpus / "good"), "--market", market.root, "--notes", "first")
+    package = bp.good_sklearn_zip(corpus / "good")
+    code, doc = lw_json("submit", package, "--market", market.root, "--notes", "first")
     (stored,) = doc["results"]
     assert code == 0 and doc["ok"] and doc["accepted"] == [stored] and stored["id"] == "00000001" and stored["version"] == 1
     assert stored["record"]["input_dim"] == bp.DIM and stored["record"]["notes"] == "first"
     index = assert_valid_market(market.root)
+    assert_spec_stored_once(market.root, "00000001", 1, package)  # a table RKME in lw's layout
     assert list(index["learnwares"]) == ["00000001"]
     code, listing = lw_json("list", "--market", market.root, "--tag", "Task=Classification")
     assert code == 0 and [r["id"] for r in listing["learnwares"]] == ["00000001"]
@@ -108,8 +111,10 @@ def test_beimingwu_package_is_accepted_and_predicts(corpus, market, lw_json, tmp
     from learnware_cli.market.package import extract_package
     from learnware_cli.market.worker import ModelWorker
 
-    code, doc = lw_json("submit", bp.beimingwu_zip(corpus / "beimingwu"), "--market", market.root)
+    package = bp.beimingwu_zip(corpus / "beimingwu")
+    code, doc = lw_json("submit", package, "--market", market.root)
     assert code == 0, doc
+    assert_spec_stored_once(market.root, "00000001", 1, package)  # under the package's top folder
     stored = market.path(doc["results"][0]["record"]["path"]) / "package.zip"
     folder = extract_package(stored, tmp_path / "unpacked")
     x, _, _ = bp.data(7)
@@ -216,3 +221,20 @@ def test_pack_cli_builds_a_package_the_market_accepts(tmp_path, market, lw, lw_j
         assert code == 2 and needle in err and err.strip().count("\n") == 0, (args, err)
     code, _, err = lw("pack", "--model", tmp_path / "none.joblib", "--data", tmp_path / "X.csv", "--name", "r", "--task", "Regression", "--out", tmp_path / "p.zip")
     assert code == 2 and "none.joblib: no such file" in err
+
+
+def test_a_spec_in_the_reference_layout_is_stored_once_and_read_back_as_submitted(corpus, market, lw_json):
+    """The reference package writes its own key order, no cuda_idx/device, its own spacing, maybe the older type name:
+    the market reads that very file back from the package, nothing re-serialised."""
+    spec = bp.spec_dict()
+    for type_name in ("RKMETableSpecification", "RKMEStatSpecification"):
+        theirs = {"z": spec["z"], "beta": spec["beta"], "gamma": spec["gamma"], "num_points": spec["num_points"], "type": type_name}
+        folder = _fresh(corpus, f"reference-{type_name}")
+        package = bp.write_zip(folder / "reference.zip", bp.members(**{"rkme.json": json.dumps(theirs, indent=4)}), top="their_learnware/")
+        code, doc = lw_json("submit", package, "--market", market.root)
+        assert code == 0, doc
+        (stored,) = doc["accepted"]
+        loaded = assert_spec_stored_once(market.root, stored["id"], 1, package)
+        assert loaded.num_points == spec["num_points"] and loaded.gamma == spec["gamma"]
+    code, shown = lw_json("show", stored["id"], "--market", market.root)
+    assert code == 0 and shown["rkme"]["K"] == bp.K and shown["rkme"]["dim"] == bp.DIM

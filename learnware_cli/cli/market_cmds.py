@@ -77,7 +77,6 @@ def show(
     """
     from learnware_cli.market.features import build_vocabulary, features_of
     from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
-    from learnware_cli.specs import load_spec
 
     opened = open_market(market)
     learnware_id, version = parse_learnware_ref(ref)
@@ -89,12 +88,10 @@ def show(
     semantic = json.loads((folder / "semantic.json").read_text())
     report_path = folder / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    with open(folder / "rkme.json") as fh:
-        raw = json.load(fh)
-    spec = load_spec(raw, source=str(folder / "rkme.json"))
+    spec = opened.version_spec(learnware_id, record["version"], record)  # out of the package just verified (or an older folder's rkme.json)
     spec_summary = spec.summary()
     name = _version_name(semantic, entry)
-    reads = features_of(semantic, build_vocabulary(opened.entries()))
+    reads = features_of(semantic, build_vocabulary(opened.feature_entries()))
     # the model's kind: a code-free ONNX graph run in-process, or Python code run in a sandboxed worker
     model_kind = record.get("model_kind") or (report.get("package") or {}).get("kind") or "python"
     data = {"ok": True, "id": learnware_id, "name": name, "version": record, "versions": entry["versions"], "semantic": semantic, "rkme": spec_summary, "features": reads, "model_kind": model_kind, "report": report, "package_verified": True}

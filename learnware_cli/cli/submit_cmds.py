@@ -284,14 +284,10 @@ def duplicate_warnings(market, outcomes) -> list[str]:
     accepted = [o for o in outcomes if o.accepted]
     if not accepted:
         return []
-    holders: dict[str, list[tuple[str, int]]] = {}
-    for entry in market.entries():
-        for record in entry["versions"]:
-            holders.setdefault(record.get("checksum"), []).append((entry["id"], record["version"]))
     warnings = []
     for o in accepted:
         checksum = o.record.get("checksum") or o.report.get("package", {}).get("sha256")
-        others = [f"{i} v{v}" for i, v in holders.get(checksum, []) if (i, v) != (o.id, o.version)]
+        others = [f"{i} v{v}" for i, v in (market.holders_of(checksum) if checksum else []) if (i, v) != (o.id, o.version)]
         if checksum and others:
             warnings.append(
                 f"{Path(o.package).name} (stored as {o.id} v{o.version}) is byte-identical (same sha256) to "

@@ -204,7 +204,6 @@ def _members(market, index: dict, dim: int, task: str, allowed: Optional[set]) -
 def _bank(market, members: list, refresh: bool) -> np.ndarray:
     """The island's probe bank (see the module docstring), built once and kept."""
     from learnware_cli.rkme.spec import herd
-    from learnware_cli.specs import load_spec
 
     dim = int(members[0][2]["input_dim"])
     path = _folder(market) / f"bank-d{dim}.npy"
@@ -213,7 +212,7 @@ def _bank(market, members: list, refresh: bool) -> np.ndarray:
     per_spec = max(1, min(BANK_ROWS_PER_SPEC, BANK_MAX_ROWS // len(members)))
     rows = []
     for number, (_, entry, record) in enumerate(members[: BANK_MAX_ROWS // per_spec]):
-        spec = load_spec(market.version_dir(entry["id"], record["version"]) / "rkme.json")
+        spec = market.version_spec(entry["id"], record["version"], record)
         rows.append(herd(spec, per_spec, seed=number))
     bank = np.concatenate(rows)
     _save(path, bank)

@@ -72,6 +72,19 @@ CREATE TABLE dead (
 """
 
 
+# learnwares whose latest semantic spec names or describes an input column: the only ones that add market
+# features (market.features), so `lw show` and reuse build the vocabulary from these rows alone (a partial index)
+DESCRIBES_COLUMNS = (
+    "coalesce(json_extract(semantic, '$.Input.Description'), '{}') <> '{}' "
+    "OR coalesce(json_extract(semantic, '$.Input.Features'), '{}') <> '{}'"
+)
+# markets written before these indexes get them from their next write (one pass over the rows)
+DERIVED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS versions_by_checksum ON versions (json_extract(record, '$.checksum'))",
+    f"CREATE INDEX IF NOT EXISTS learnwares_with_features ON learnwares (id) WHERE {DESCRIBES_COLUMNS}",
+)
+
+
 class CatalogError(Exception):
     """The catalog file is missing, unreadable or not one this module wrote (the market turns it into IndexDamaged)."""
 
@@ -118,7 +131,7 @@ class Catalog:
         try:
             conn.execute("PRAGMA journal_mode=DELETE")
             conn.execute("BEGIN")
-            for statement in filter(str.strip, SCHEMA.split(";")):
+            for statement in [*filter(str.strip, SCHEMA.split(";")), *DERIVED_INDEXES]:
                 conn.execute(statement)
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
@@ -185,6 +198,8 @@ class Catalog:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for statement in DERIVED_INDEXES:
+                    conn.execute(statement)
                 yield conn
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 conn.execute("COMMIT")

@@ -607,6 +607,31 @@ def read_spec(zip_path, scan: ArchiveScan, manifest: Manifest, limits: Optional[
         _reject("spec", exc.message)
 
 
+@dataclass(frozen=True)
+class _SpecFile:
+    spec_file: str  # all that read_spec reads of a manifest
+
+
+def read_package_spec(zip_path, rel: Optional[str] = None, limits: Optional[PackageLimits] = None) -> tuple[object, str]:
+    """(specification, its file in the package) of a stored package, read as the checks read it.
+
+    rel: the spec file as learnware.yaml names it (relative to the package
+    root), e.g. a version record's ``spec_file``; None reads learnware.yaml to
+    find it. Only the directory, the manifest (when needed) and that one file
+    are read, each under its cap (the zip size and entry count, max_text_bytes,
+    max_spec_bytes), with the same data-only parsers as the checks. Any
+    problem is a RejectedError (check "archive", "manifest" or "spec").
+    """
+    limits = limits or PackageLimits()
+    with _open_zip(zip_path, limits) as zf:
+        scan = _list_entries(zf, limits)  # header-level checks; read_member streams under its own cap
+    if rel is None:
+        rel = read_any_manifest(zip_path, scan, limits).spec_file
+    if not scan.has(rel):
+        _reject("spec", f"spec file {_show(rel)} is not in the package")
+    return read_spec(zip_path, scan, _SpecFile(rel), limits), rel
+
+
 def read_semantic_raw(zip_path, scan: ArchiveScan, limits: Optional[PackageLimits] = None) -> Optional[dict]:
     """semantic_specification.json parsed (not yet validated), or None when absent."""
     limits = limits or PackageLimits()

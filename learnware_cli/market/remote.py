@@ -7,9 +7,10 @@ market is built on those two alone::
     s3://BUCKET/PREFIX/
       market.json                 the market's configuration (created once, conditionally)
       log/000000000001.json ...   the commit log: one record per commit, created with put_if_absent
-      blobs/SHA256                every stored file (package.zip, rkme.json, semantic.json,
-                                  report.json), content-addressed: an upload never overwrites
-                                  another file, and identical packages are stored once
+      blobs/SHA256                every stored file (package.zip, semantic.json, report.json,
+                                  and rkme.json for versions stored before the specification was
+                                  read from package.zip), content-addressed: an upload never
+                                  overwrites another file, and identical packages are stored once
       segments/NAME/KEY.npy       search arrays of one commit (zs, betas, selfs, sketch);
                                   NAME is unique per upload, the rows' ids live in the log
       snapshots/000000000064.sqlite   the catalog as of a seq: new readers start there
@@ -41,6 +42,7 @@ semantic of every version) and ``remote_segments`` (arrays, ids, versions).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -82,7 +84,7 @@ SWEEP_AGE_S = 3600.0  # unreferenced objects younger than this may belong to a w
 SEQ_KEY = "remote_seq"
 PARALLEL = 8  # concurrent downloads / uploads
 
-VERSION_FILES = ("package.zip", "rkme.json", "semantic.json", "report.json")
+VERSION_FILES = ("package.zip", "rkme.json", "semantic.json", "report.json")  # a version's blobs: package.zip and any of the rest
 SEGMENT_ARRAYS = ("zs", "betas", "selfs", "sketch")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _SEGMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
@@ -119,6 +121,17 @@ def replica_path(url: str) -> Path:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _package_spec(package: bytes, record: dict, limits):
+    """The specification a package's bytes hold where record's spec_file says, read as ``store.version_spec`` reads it."""
+    import tempfile
+
+    from learnware_cli.market.store import version_spec
+
+    with tempfile.TemporaryDirectory(prefix="lw-spec-") as tmp:
+        (Path(tmp) / "package.zip").write_bytes(package)
+        return version_spec(Path(tmp), record, limits)
 
 
 def _npy_bytes(array) -> bytes:
@@ -457,7 +470,7 @@ class Remote:
         for item in items:
             blobs = {}
             for stored_name, source in item.files.items():
-                data = Path(source).read_bytes()
+                data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else Path(source).read_bytes()
                 blobs[stored_name] = _sha(data)
                 uploads[blobs[stored_name]] = data
             semantic_bytes = json.dumps(item.semantic, indent=1).encode()
@@ -466,7 +479,10 @@ class Remote:
             checksum = blobs["package.zip"]
             if item.checksum is not None and checksum != item.checksum.lower():
                 raise RejectedError("archive", f"{item.files['package.zip']}: changed after its checks (sha256 differs); nothing was stored")
+            if item.spec is None and "rkme.json" not in item.files:  # the spec is in the package: parse the bytes uploaded
+                item = dataclasses.replace(item, spec=_package_spec(uploads[checksum], item.record_fields, market.package_limits))
             prepared.append((item, blobs, checksum, seg.island_of(item.record_fields, item.semantic)))
+        items = [item for item, _, _, _ in prepared]
         groups: dict[str, list[int]] = {}
         for position, (_, _, _, island) in enumerate(prepared):
             if island is not None:
@@ -475,7 +491,8 @@ class Remote:
         segment_objects: dict[str, bytes] = {}
         for island, positions in groups.items():
             specs = [items[p].spec if items[p].spec is not None else load_spec(Path(items[p].files["rkme.json"]), source=str(items[p].files["rkme.json"])) for p in positions]
-            arrays = seg.stack_specs(specs, market.gamma)
+            # the sketch index (a FAISS file) stays local: a replica never deserialises one a bucket gives it
+            arrays = {key: value for key, value in seg.stack_specs(specs, market.gamma).items() if key in SEGMENT_ARRAYS}
             name = seg.new_name(island)
             for key, value in arrays.items():
                 segment_objects[f"{SEGMENTS}{name}/{key}.npy"] = _npy_bytes(value)

@@ -11,6 +11,8 @@ one segment per island the submit touched::
         betas.npy     (n, K) float32
         selfs.npy     (n,) float64   <S, S>, computed by the kind's own kernel in float64
         sketch.npy    (n, D) float32 random Fourier sketch (Gaussian-kernel kinds; see search.sketch)
+        sketch_index.npy  uint8    a FAISS product-quantisation index of the sketches (segments of
+                                   SKETCH_INDEX_FROM rows and more; see ``add_sketch_index``)
 
 A segment never changes after its commit. Which rows still count lives in the
 catalog (``dead``: superseded or removed versions). Searches open the files
@@ -20,7 +22,7 @@ finds too many of one size: tiered, so each row is rewritten O(log n) times,
 and the merged segment drops dead rows.
 
 The segments are derived data: `lw reindex --rebuild` rebuilds them from
-the version folders' rkme.json files.
+the version folders' specifications.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ TABLE = "table"
 MERGE_FANOUT = 8  # this many segments of one level are merged into one of the next
 SKETCH_FEATURES = 512  # D sketch values per learnware (D/2 frequencies; see search.sketch)
 SKETCH_SEED = 20261125  # fixed: a sketch is an approximation re-ranked exactly, not a secret
+SKETCH_INDEX_FROM = 4096  # segments of this many rows get a sketch index (smaller ones are scanned: < 8 MB each)
+SKETCH_INDEX_FACTORY = "PQ128x4fs"  # 128 sub-vectors of 4 values, 16 centroids each: 64 bytes per learnware
+SKETCH_INDEX_TRAIN_ROWS = 65_536  # the codebooks are trained on at most this many of the segment's sketches
 
 
 def island_name(kind: str, dim: int) -> str:
@@ -116,7 +121,67 @@ def stack_specs(specs: list, gamma: float) -> dict:
 
         spec_gamma = float(specs[0].island_key().gamma)
         out["sketch"] = sketch_stack(zs, betas, sketch_frequencies(dim, spec_gamma)).astype(np.float32)
-    return out
+    return add_sketch_index(out)
+
+
+def add_sketch_index(arrays: dict) -> dict:
+    """arrays plus "sketch_index" (a serialised FAISS index of arrays["sketch"]) when the segment is big enough.
+
+    Why: the sketch stage of a search otherwise reads every sketch (2 KB per
+    learnware at D = 512: 2 GB at 10^6). A product quantiser (FAISS
+    ``IndexPQFastScan``: the D values cut into 128 sub-vectors of 4, each coded
+    by the nearest of 16 centroids trained on the segment) keeps 64 bytes per
+    learnware, scanned with SIMD lookup tables (~2 ms per 10^5 rows). Its
+    approximate distances only choose which rows' float32 sketches are read
+    and compared (search.engine: SKETCH_REFINE per segment), and those choose
+    the candidates whose MMD^2 is computed exactly: the quantisation costs
+    recall, never exactness. Product quantisation, not an inverted file or a
+    graph: learnwares of unrelated data have near-orthogonal sketches, with
+    no cluster structure for cells or greedy routing to follow, while a
+    quantised linear scan finds a planted near neighbour anywhere.
+    """
+    sketch = arrays.get("sketch")
+    if sketch is None or sketch.shape[0] < SKETCH_INDEX_FROM:
+        return arrays
+    import faiss
+
+    vectors = np.ascontiguousarray(sketch, dtype=np.float32)
+    index = faiss.index_factory(vectors.shape[1], SKETCH_INDEX_FACTORY)
+    rng = np.random.default_rng(SKETCH_SEED)
+    sample = vectors if vectors.shape[0] <= SKETCH_INDEX_TRAIN_ROWS else vectors[np.sort(rng.choice(vectors.shape[0], SKETCH_INDEX_TRAIN_ROWS, replace=False))]
+    index.train(sample)
+    index.add(vectors)
+    return {**arrays, "sketch_index": faiss.serialize_index(index)}
+
+
+def search_sketch_index(serialised: np.ndarray, user: np.ndarray, n: int, cache_key=None) -> np.ndarray:
+    """Rows (int64, approximate nearest first, at most n) of a segment's sketch index nearest to the user sketch (D,)."""
+    index = _SKETCH_INDEXES.get(cache_key) if cache_key is not None else None
+    if index is None:
+        import faiss
+
+        index = faiss.deserialize_index(np.asarray(serialised, dtype=np.uint8))
+        if cache_key is not None:
+            _remember_index(cache_key, index, int(serialised.shape[0]))
+    n = min(n, int(index.ntotal))
+    _, labels = index.search(np.asarray(user, dtype=np.float32).reshape(1, -1), n)
+    labels = labels[0]
+    return labels[labels >= 0].astype(np.int64)
+
+
+# Deserialised sketch indexes by (market, segment name): a segment never changes, so a process that searches
+# again (the Python API, `lw` serving several queries) skips reading them; bounded by bytes, oldest dropped first.
+_SKETCH_INDEXES: dict = {}
+_SKETCH_INDEX_BYTES: dict = {}
+SKETCH_INDEX_CACHE_BYTES = 512 * 2**20
+
+
+def _remember_index(key, index, size: int) -> None:
+    while _SKETCH_INDEXES and sum(_SKETCH_INDEX_BYTES.values()) + size > SKETCH_INDEX_CACHE_BYTES:
+        oldest = next(iter(_SKETCH_INDEXES))
+        del _SKETCH_INDEXES[oldest], _SKETCH_INDEX_BYTES[oldest]
+    _SKETCH_INDEXES[key] = index
+    _SKETCH_INDEX_BYTES[key] = size
 
 
 def write_arrays(folder: Path, arrays: dict) -> None:
@@ -150,6 +215,7 @@ class Segment:
     selfs: np.ndarray
     sketch: Optional[np.ndarray]
     live: np.ndarray  # (n,) bool
+    sketch_index: Optional[np.ndarray] = None  # serialised FAISS index of the sketches (add_sketch_index)
 
     @property
     def rows(self) -> int:
@@ -159,9 +225,9 @@ class Segment:
 def open_segment(root: Path, name: str) -> dict:
     folder = root / SEGMENTS_DIR / name
     out = {}
-    for key in ("ids", "versions", "zs", "betas", "selfs", "sketch"):
+    for key in ("ids", "versions", "zs", "betas", "selfs", "sketch", "sketch_index"):
         path = folder / f"{key}.npy"
-        if key == "sketch" and not path.exists():
+        if key in ("sketch", "sketch_index") and not path.exists():
             out[key] = None
             continue
         out[key] = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -261,7 +327,7 @@ class IslandView:
 
 
 def merge_arrays(parts: list[dict]) -> dict:
-    """Concatenate segments' arrays (their live rows), padding K to the largest."""
+    """Concatenate segments' arrays (their live rows), padding K to the largest; the sketch index is built anew."""
     k_max = max(p["zs"].shape[1] for p in parts)
     out: dict = {}
     for key in ("ids", "versions", "zs", "betas", "selfs", "sketch"):
@@ -275,7 +341,7 @@ def merge_arrays(parts: list[dict]) -> dict:
                 value = np.pad(value, pad)
             chunks.append(value)
         out[key] = np.concatenate(chunks)
-    return out
+    return add_sketch_index(out)
 
 
 def remove_folder(root: Path, name: str) -> None:

@@ -8,8 +8,10 @@ Layout::
       README.md              for whoever opens the folder
       .lock                  taken (flock) by every writer
       .staging/BATCH/        a submit's files on their way in; BATCH/.held is flocked by its writer
-      learnwares/ID/vN/      package.zip, rkme.json, semantic.json, report.json, and record.json
-                             (the version's index record, with id, name and semantic spec)
+      learnwares/ID/vN/      package.zip, semantic.json, report.json, and record.json
+                             (the version's index record, with id, name and semantic spec);
+                             the specification is read from package.zip (the file the record's
+                             spec_file names), or from rkme.json in folders stored before that
       cache/                 derived data (search arrays); safe to delete
 
 Writers stage files in .staging/, move them into place with one rename, and
@@ -37,7 +39,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -55,7 +57,8 @@ BATCH_LOCK = ".held"  # in each staging batch, flocked by the writer that made i
 RECORD_FILE = "record.json"
 PENDING_MARK = ".pending"  # in a stored version folder until its index write is done
 REMOVED_MARK = ".removed"  # in a doomed version folder from just before its index write
-STORED_FILES = ("package.zip", "rkme.json", "semantic.json")  # what a version folder needs to be served
+STORED_FILES = ("package.zip", "semantic.json")  # what a version folder needs to be served, besides its specification:
+SPEC_COPY = "rkme.json"  # the market's own copy of it, in folders whose record names no spec_file (older markets)
 ID_PATTERN = re.compile(r"[0-9]{8}")  # the ids this module makes: f"{n:08d}"
 VERSION_FOLDER = re.compile(r"v([1-9][0-9]*)")
 
@@ -208,14 +211,20 @@ _INDEX_CACHE: dict = {}
 
 @dataclass
 class NewVersion:
-    """A checked package ready to store: files by stored name, semantic spec, record fields."""
+    """A checked package ready to store: files by stored name, semantic spec, record fields.
+
+    files maps stored names (package.zip, report.json, and rkme.json where the
+    market keeps its own copy of the specification) to a local path or to the
+    file's bytes. A record_fields["spec_file"] says which file of package.zip
+    holds the specification (see ``version_spec``); then no rkme.json is needed.
+    """
 
     files: dict
     semantic: dict
     record_fields: dict
     update_id: Optional[str] = None
     checksum: Optional[str] = None  # sha256 of package.zip as the checks read it; the stored copy must match
-    spec: Any = None  # the parsed rkme.json, when the caller has it (else it is read from files["rkme.json"])
+    spec: Any = None  # the parsed specification, when the caller has it (else it is read from files["rkme.json"])
 
 
 @dataclass
@@ -469,6 +478,21 @@ class Market:
         with self._reading() as conn:
             return int(conn.execute("SELECT count(*) FROM learnwares").fetchone()[0])
 
+    def feature_entries(self) -> list[dict]:
+        """The entries ({"id", "semantic"}) whose columns can be market features: build_vocabulary of these has the
+        features build_vocabulary of every entry has (the others describe no column), read through a partial index."""
+        from learnware_cli.market.catalog import DESCRIBES_COLUMNS
+
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT id, semantic FROM learnwares WHERE {DESCRIBES_COLUMNS} ORDER BY id").fetchall()
+        return [{"id": i, "semantic": json.loads(semantic)} for i, semantic in rows]
+
+    def holders_of(self, checksum: str) -> list[tuple[str, int]]:
+        """(id, version) of every stored version whose package.zip has this sha256 (an index lookup)."""
+        with self._reading() as conn:
+            rows = conn.execute("SELECT id, version FROM versions WHERE json_extract(record, '$.checksum') = ? ORDER BY id, version", (checksum,)).fetchall()
+        return [(str(i), int(v)) for i, v in rows]
+
     def page(self, limit: int, offset: int = 0) -> list[dict]:
         """Entries in id order, ``limit`` of them from ``offset``: what `lw list` shows without reading them all."""
         with self._reading() as conn:
@@ -522,6 +546,27 @@ class Market:
             )
         return self.root / "learnwares" / learnware_id / f"v{version}"
 
+    def version_spec(self, learnware_id: str, version: int, record: Optional[dict] = None):
+        """The specification of one stored version (a ``specs.Specification``); see the module function ``version_spec``.
+
+        record: the version's index record, when the caller has it (else its
+        folder's record.json says where the specification is).
+        """
+        return version_spec(self.version_dir(learnware_id, version), record, self.package_limits)
+
+    @property
+    def package_limits(self):
+        """The caps stored packages are read under (``package.PackageLimits``): the market's entry and size limits."""
+        from learnware_cli.market.package import PackageLimits
+
+        defaults = PackageLimits()
+
+        def positive(key: str, default: int) -> int:
+            value = self.limits.get(key, default)
+            return value if _is_version_number(value) else default  # a bad value: submit reports it; reading keeps the default
+
+        return PackageLimits(max_entries=positive("max_package_entries", defaults.max_entries), max_total_bytes=positive("max_package_bytes", defaults.max_total_bytes))
+
     def _relative(self, folder: Path) -> str:
         return folder.relative_to(self.root).as_posix()
 
@@ -554,6 +599,7 @@ class Market:
         """
         with market_write("cannot store the package", self.root), self._staging_batch() as batch:
             staged = [(item, batch / str(n), self._stage(batch / str(n), item)) for n, item in enumerate(items)]
+            items = [self._with_spec(item, folder) for item, folder, _ in staged]
             segments = self._stage_segments(batch, items)
             with self._writing() as conn:
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -564,6 +610,12 @@ class Market:
             self._compact_quietly({island for island, _, _ in segments})
         _unmark([self.version_dir(entry["id"], record["version"]) for entry, record in results], PENDING_MARK)
         return results
+
+    def _with_spec(self, item: "NewVersion", staged: Path) -> "NewVersion":
+        """The item with its parsed specification: given, or read from its staged files as ``version_spec`` will read them."""
+        if item.spec is not None:
+            return item
+        return replace(item, spec=version_spec(staged, item.record_fields, self.package_limits))
 
     def _stage_segments(self, batch: Path, items: list["NewVersion"]) -> list[tuple[str, Path, list[int]]]:
         """Stack the items' specifications per island into staged segment folders -> [(island, folder, item positions)]."""
@@ -707,6 +759,7 @@ class Market:
         with self.lock():
             batch.mkdir(parents=True)
             held = _flock_new(batch / BATCH_LOCK)
+            (batch / PENDING_MARK).touch()  # what _stage links each staged folder's mark to
         try:
             yield batch
         finally:
@@ -716,13 +769,23 @@ class Market:
     def _stage(self, folder: Path, item: "NewVersion") -> str:
         """Copy one item's files into its staging folder, marked pending -> sha256 of the copied package.zip."""
         folder.mkdir()
-        (folder / PENDING_MARK).touch()
+        try:  # a hard link to the batch's empty mark: the same mark for sweep, one inode fewer per version (bulk writes)
+            os.link(folder.parent / PENDING_MARK, folder / PENDING_MARK)
+        except OSError:  # no hard links here (or no batch mark): a file of its own
+            (folder / PENDING_MARK).touch()
+        checksum = None
         for stored_name, source in item.files.items():
-            shutil.copyfile(source, folder / stored_name)
+            if isinstance(source, (bytes, bytearray, memoryview)):  # in memory (the bulk path): written once, hashed here
+                (folder / stored_name).write_bytes(source)
+                if stored_name == "package.zip":
+                    checksum = hashlib.sha256(source).hexdigest()
+            else:
+                shutil.copyfile(source, folder / stored_name)
         _write_json(folder / "semantic.json", item.semantic)
-        checksum = sha256_file(folder / "package.zip")
+        checksum = checksum or sha256_file(folder / "package.zip")
         if item.checksum is not None and checksum != item.checksum.lower():
-            raise RejectedError("archive", f"{item.files['package.zip']}: changed after its checks (sha256 differs); nothing was stored")
+            source = item.files["package.zip"]
+            raise RejectedError("archive", f"{'package.zip' if isinstance(source, (bytes, bytearray, memoryview)) else source}: changed after its checks (sha256 differs); nothing was stored")
         return checksum
 
     def _place(self, conn, state: dict, item: "NewVersion", folder: Path, checksum: str) -> tuple[dict, dict]:
@@ -918,7 +981,8 @@ class Market:
 
         Returns None when the index was fine and not forced. Each folder's
         record.json gives its rows; a folder without one (an older market) is
-        reconstructed from semantic.json, rkme.json and the package's sha256.
+        reconstructed from semantic.json, its specification (rkme.json, else the
+        file learnware.yaml names in package.zip) and the package's sha256.
         Folders that cannot be read are skipped and reported, never deleted.
         only: the (id, version) pairs to adopt (an upgrade from index.json keeps
         exactly what that index listed). next_id becomes the highest id + 1.
@@ -969,9 +1033,10 @@ class Market:
         import numpy as np
 
         from learnware_cli.market import segments as seg
-        from learnware_cli.specs import load_spec
 
         groups: dict[str, list] = {}
+        records = {(learnware_id, record["version"]): record for learnware_id, entry in table.items() for record in entry["versions"]}
+        limits = self.package_limits
         for learnware_id, entry in table.items():
             latest = entry["versions"][-1]["version"]
             for record in entry["versions"]:
@@ -984,7 +1049,7 @@ class Market:
         for island, keys in sorted(groups.items()):
             for start in range(0, len(keys), chunk):
                 part = keys[start : start + chunk]
-                specs = [load_spec(self.version_dir(i, v) / "rkme.json", source=f"{i}@{v}") for i, v in part]
+                specs = [version_spec(self.version_dir(i, v), records[(i, v)], limits) for i, v in part]
                 arrays = seg.stack_specs(specs, self.gamma)
                 arrays["ids"] = np.array([int(i) for i, _ in part], dtype=np.int64)
                 arrays["versions"] = np.array([v for _, v in part], dtype=np.int32)
@@ -1032,10 +1097,12 @@ class Market:
         """(record.json document, note) of one version folder; reconstructed (with a note) where record.json fails."""
         if (folder / REMOVED_MARK).exists():
             raise _Skip("being removed (`lw remove` was cut short); sweep deletes it")
-        missing = [name for name in STORED_FILES if not (folder / name).is_file()]
+        stored, problem = _read_record(folder / RECORD_FILE, learnware_id, version)
+        in_package = stored is not None and bool(stored["record"].get("spec_file"))  # else the folder keeps rkme.json
+        needed = STORED_FILES if in_package or stored is None else (*STORED_FILES, SPEC_COPY)
+        missing = [name for name in needed if not (folder / name).is_file()]
         if missing:
             raise _Skip(f"incomplete (no {', '.join(missing)}); left as it is")
-        stored, problem = _read_record(folder / RECORD_FILE, learnware_id, version)
         if stored is not None:
             return stored, None
         return self._reconstruct(folder, learnware_id, version), f"{problem}; reconstructed from its files (price and notes are lost)"
@@ -1047,8 +1114,16 @@ class Market:
         semantic = _read_json(folder / "semantic.json")
         if not isinstance(semantic, dict):
             raise _Skip("no record.json and semantic.json is unreadable; left as it is")
+        spec_file = None
         try:
-            spec = load_spec(_read_json(folder / "rkme.json"), source="rkme.json")
+            if (folder / SPEC_COPY).is_file():
+                spec = load_spec(_read_json(folder / SPEC_COPY), source=SPEC_COPY)
+            else:  # stored with its spec only in the package: learnware.yaml names the file
+                from learnware_cli.market.package import read_package_spec
+
+                spec, spec_file = read_package_spec(folder / "package.zip", None, self.package_limits)
+        except RejectedError as exc:
+            raise _Skip(f"no record.json, no {SPEC_COPY}, and package.zip gives no specification ({exc.reason}); left as it is") from None
         except LwError as exc:
             raise _Skip(f"no record.json and {exc.message}; left as it is") from None
         package = folder / "package.zip"
@@ -1063,6 +1138,8 @@ class Market:
             "path": self._relative(folder),
             **stored_record_fields(semantic, spec, stat.st_size),
         }
+        if spec_file is not None:
+            record["spec_file"] = spec_file
         return {"id": learnware_id, "name": semantic_name(semantic), "semantic": semantic, "record": record}
 
     def _keep_old_index(self) -> Optional[str]:
@@ -1111,6 +1188,42 @@ def stored_record_fields(semantic: dict, spec, package_bytes: int) -> dict:
         "spec_kind": island.kind,
         "package_bytes": package_bytes,
     }
+
+
+def version_spec(folder: Path, record: Optional[dict] = None, limits=None, package: Optional[Path] = None):
+    """The specification of the version stored in folder: what every reader of a stored spec goes through.
+
+    A folder's rkme.json (the market's own copy: folders stored before specs
+    were kept once, or a spec the package does not hold) is loaded when it
+    exists. Else the spec is read out of package.zip (or ``package``: a
+    verified private copy of it), from the file the record's ``spec_file``
+    names (record: the version's index record, else the folder's record.json;
+    without either, learnware.yaml names it), under the caps of ``limits``
+    (``package.PackageLimits``) and with the checks' parsers: the package is
+    untrusted input even after its checks. A package that no longer yields it
+    (the file missing, oversized, unparsable) is one MarketError, which names
+    the version.
+    """
+    from learnware_cli.specs import load_spec
+
+    folder = Path(folder)
+    copy = folder / SPEC_COPY
+    if copy.is_file():
+        return load_spec(copy, source=str(copy))
+    if record is None:
+        stored = _read_json(folder / RECORD_FILE)
+        record = stored.get("record") if isinstance(stored, dict) else None
+    rel = record.get("spec_file") if isinstance(record, dict) else None
+    where = f"learnware {folder.parent.name}@{folder.name[1:]}" if VERSION_FOLDER.fullmatch(folder.name) else str(folder)
+    if rel is not None and (not isinstance(rel, str) or not rel):
+        raise MarketError(f"{where}: its record names no valid spec file ({rel!r}); the stored version is damaged: remove it or resubmit")
+    from learnware_cli.market.package import read_package_spec
+
+    try:
+        spec, _ = read_package_spec(package if package is not None else folder / "package.zip", rel, limits)
+    except RejectedError as exc:
+        raise MarketError(f"{where}: its specification cannot be read from its package.zip ({exc.reason}); the stored package is damaged: remove it or resubmit") from None
+    return spec
 
 
 def _read_json(path: Path) -> Any:

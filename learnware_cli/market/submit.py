@@ -23,7 +23,7 @@ from typing import Callable, Optional, Union
 
 from learnware_cli.errors import EXIT_MARKET, InputError, LwError, MarketError, RejectedError
 from learnware_cli.market.worker import MarketBusyError
-from learnware_cli.market.store import Market, NewVersion, semantic_name, stored_record_fields
+from learnware_cli.market.store import SPEC_COPY, Market, NewVersion, semantic_name, stored_record_fields
 
 
 DEFAULT_JOBS = min(4, os.cpu_count() or 1)
@@ -171,12 +171,37 @@ def _accept(market: Market, zip_path: Path, folder: Path, options: _Options) -> 
     report = check_for_market(market, staged, options.semantic_override, options.timeout, options.update_of, options.allow_breaking)
     report.zip_path = str(zip_path)
     report.package["sha256"] = checksum
-    report.rkme.save(folder / "rkme.json")
     report_dict = report.to_dict()
     (folder / "report.json").write_text(json.dumps(report_dict, indent=1))
     outcome = SubmitOutcome(str(zip_path), True, name=semantic_name(report.semantic), report=report_dict)
-    files = {"package.zip": staged, "rkme.json": folder / "rkme.json", "report.json": folder / "report.json"}
-    return outcome, NewVersion(files, report.semantic, _record_fields(report, size, options), options.update_id, checksum=checksum, spec=report.rkme)
+    files = {"package.zip": staged, "report.json": folder / "report.json"}
+    fields = _record_fields(report, size, options)
+    spec_file = report.package.get("spec_file")
+    if isinstance(spec_file, str) and _package_holds(staged, spec_file, report.rkme, limits_for(market)):
+        fields["spec_file"] = spec_file  # the market reads the spec from the package: stored once
+    else:  # a spec the package does not hold as checked: the market keeps its own copy
+        report.rkme.save(folder / SPEC_COPY)
+        files[SPEC_COPY] = folder / SPEC_COPY
+    return outcome, NewVersion(files, report.semantic, fields, options.update_id, checksum=checksum, spec=report.rkme)
+
+
+def _package_holds(staged: Path, spec_file: str, spec, limits) -> bool:
+    """Does the package's spec_file parse (as ``store.version_spec`` will read it) to the specification the checks passed?
+
+    It always should (the checks read it from there); if it ever does not, the
+    market stores its own rkme.json instead, as it did before.
+    """
+    from learnware_cli.market.package import read_package_spec
+
+    try:
+        again, _ = read_package_spec(staged, spec_file, limits)
+        return _canonical(again) == _canonical(spec)
+    except (LwError, TypeError, ValueError):
+        return False
+
+
+def _canonical(spec) -> str:
+    return json.dumps({"type": spec.type_name, **spec.to_json_dict()}, sort_keys=True)
 
 
 def _check_one(market: Market, zip_path: Path, folder: Path, options: _Options) -> Union[SubmitOutcome, tuple]:

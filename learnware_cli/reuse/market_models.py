@@ -3,10 +3,12 @@
 Each learnware's stored ``package.zip`` is copied to a private temp dir, its
 sha256 verified against the index (a swapped zip never runs), extracted there,
 and its model runs in a ``ModelWorker`` (a sandboxed subprocess); the reusers
-see a ``WorkerModel`` with the usual ``predict`` / ``predict_proba``. The RKME
-and the task come from the files the market stored at submission
-(``rkme.json``, ``semantic.json``), never from the package, so nothing
-submitted is parsed here.
+see a ``WorkerModel`` with the usual ``predict`` / ``predict_proba``. The task
+comes from the ``semantic.json`` the market stored at submission; the RKME is
+read through ``store.version_spec`` with the submit checks' capped, data-only
+parsers: out of the verified package copy (a column map, made while planning,
+reads the stored package, which that copy then verifies), or from the
+market's own ``rkme.json`` in folders stored before specs were kept once.
 
 Passing the submit checks once proves little about later calls, so every
 answer is checked again against the same output contract (``checks.check_outputs``);
@@ -37,7 +39,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from learnware_cli.errors import InputError, LwError, RejectedError
+from learnware_cli.errors import InputError, LwError, MarketError, RejectedError
 from learnware_cli.market.integrity import PACKAGE_FILE, verify_package, version_folder
 from learnware_cli.market.store import Market
 from learnware_cli.reuse.base import CLASSIFICATION, ReusableLearnware, ReuseError, failure_reason, normalize_task
@@ -66,7 +68,7 @@ class UserColumns:
         """Her columns as described by a semantic Input block, matched to the market's features."""
         from learnware_cli.market.features import build_vocabulary, features_of
 
-        return cls(features_of(semantic, build_vocabulary(market.entries())), spec=spec)
+        return cls(features_of(semantic, build_vocabulary(market.feature_entries())), spec=spec)
 
 # Workers load in threads: start-up is mostly the child importing its libraries,
 # so a few at once overlap that wait without flooding a small machine.
@@ -140,6 +142,7 @@ class _Planned:
     record: dict  # its index record (the package's recorded sha256)
     semantic: dict  # the stored semantic.json ({} when unreadable)
     column_map: object = None  # reuse.fill.ColumnMap when it reads the user's columns by feature
+    limits: object = None  # the market's package.PackageLimits, to read its specification under
 
     def describe(self) -> dict:
         described = {"id": self.id, "version": self.version, "name": self.name, "weight": self.weight}
@@ -236,21 +239,27 @@ def _plan(market: Market, refs: Sequence[Ref], input_dim: Optional[int], user_co
             vocabulary = vocabulary or build_vocabulary(index["learnwares"].values())
             own = features_of(semantic, vocabulary)
             if set(own) & (set(user_columns.features) - {None}):
-                column_map = _column_map(market, folder, own, user_columns, f"learnware {learnware_id}@{record['version']}")
+                column_map = _column_map(market, folder, record, own, user_columns, f"learnware {learnware_id}@{record['version']}")
         dim = record.get("input_dim")
         if column_map is None and input_dim is not None and dim is not None and dim != input_dim:
             raise InputError(f"your data has {input_dim} columns but learnware {learnware_id}@{record['version']} takes {dim}")
-        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, record, semantic, column_map))
+        planned.append(_Planned(learnware_id, record["version"], name, float(weight), folder, record, semantic, column_map, market.package_limits))
     return planned
 
 
-def _column_map(market: Market, folder: Path, own: list, user_columns: UserColumns, what: str):
+def _column_map(market: Market, folder: Path, record: dict, own: list, user_columns: UserColumns, what: str):
     """How a learnware reads the user's columns (reuse.fill.ColumnMap); its RKME fills what she lacks."""
+    from learnware_cli.market.store import version_spec
     from learnware_cli.reuse.fill import ColumnMap
     from learnware_cli.rkme.spec import RKMESpec
 
     try:
-        return ColumnMap(own, list(user_columns.features), RKMESpec.load(folder / "rkme.json"))
+        spec = version_spec(folder, record, market.package_limits)
+        if not isinstance(spec, RKMESpec):
+            raise InputError(f"its specification is a {spec.type_name}, not a table RKME")
+        return ColumnMap(own, list(user_columns.features), spec)
+    except MarketError:
+        raise  # a damaged stored package: the market's problem, said as it is
     except LwError as exc:
         raise InputError(f"{what}: {exc.message}") from None
 
@@ -294,13 +303,13 @@ def _verified_copy(plan: _Planned, own: Path) -> Path:
 def _start(plan: _Planned, scratch: Path, settings: dict, user_spec=None) -> tuple[object, ReusableLearnware]:
     """Verify and extract the package, start its worker, wrap it. Raises LwError on any failure."""
     from learnware_cli.market.package import extract_package
+    from learnware_cli.market.store import version_spec
     from learnware_cli.market.worker import ModelWorker
-    from learnware_cli.specs import load_spec
 
     task, output_dim = _contract_of(plan.semantic)
-    spec = plan.column_map.spec if plan.column_map is not None else load_spec(plan.folder / "rkme.json")
     own = Path(tempfile.mkdtemp(prefix=f"{plan.id}-v{plan.version}-", dir=scratch))  # one per ref, even a repeated one
     copy = _verified_copy(plan, own)
+    spec = plan.column_map.spec if plan.column_map is not None else version_spec(plan.folder, plan.record, plan.limits, package=copy)
     onnx = _onnx_model(copy, settings)  # a graph, run here by onnxruntime: no submitted code runs
     if onnx is not None:
         worker = onnx

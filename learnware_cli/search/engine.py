@@ -29,7 +29,7 @@ from learnware_cli.market.store import Market
 from learnware_cli.rkme.spec import TABLE_KIND, RKMESpec
 from learnware_cli.search import cache
 from learnware_cli.search.semantic import semantic_search, values_of
-from learnware_cli.specs import IslandKey, load_spec, same_island
+from learnware_cli.specs import IslandKey, same_island
 
 
 MATCH_MODES = ("auto", "island", "features")
@@ -133,9 +133,13 @@ def search(
     return _search_island(market, user_spec, allowed, k, all_versions, mixture, mixture_method, exact, result)
 
 
-# live learnwares in an island from which the sketch stage runs (below it exact search takes < 0.2 s);
+# up to this many learnwares every row's MMD^2 is computed in NumPy float64 (~0.2 s), so a cold `lw search` of a
+# small market never starts JAX (its start and program loading cost ~1.5 s); above it JAX ranks on the device
+NUMPY_EXACT_MAX = 3_000
+# live learnwares in an island from which the sketch stage runs: where the NumPy exact search ends, so a cold
+# `lw search` never starts JAX unless --exact asks (recall@5 1.000 at 10^4 and 10^5 in `make bench --only scale`);
 # $LW_TWO_STAGE_FROM overrides it (tests and benchmarks: the two-stage path on a small market)
-TWO_STAGE_FROM = int(os.environ.get("LW_TWO_STAGE_FROM") or 20_000)
+TWO_STAGE_FROM = int(os.environ.get("LW_TWO_STAGE_FROM") or NUMPY_EXACT_MAX)
 
 
 def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions, mixture, mixture_method, exact, result) -> SearchResult:
@@ -205,9 +209,6 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
     return result
 
 
-# up to this many learnwares every row's MMD^2 is computed in NumPy float64 (~0.2 s), so a cold `lw search` of a
-# small market never starts JAX (its start and program loading cost ~1.5 s); above it JAX ranks on the device
-NUMPY_EXACT_MAX = 3_000
 DENSE_EXACT_MAX = 200_000  # live learnwares up to which the exact search stacks the island in memory (1.7 GB at K=100, d=20)
 
 
@@ -228,30 +229,59 @@ def _streamed_mmd2(view, user_spec: RKMESpec) -> np.ndarray:
 
 
 def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarray:
-    """The sketch stage: view positions (among rows) to re-score exactly (search.sketch.candidates, over every segment)."""
-    from learnware_cli.market.segments import sketch_frequencies
+    """The sketch stage: view positions (among rows) to re-score exactly.
+
+    The sketch distance ||s - u||^2 (up to ||u||^2) is computed for: every live
+    row of a segment without a sketch index (read in blocks), and, in a segment
+    with one, the SKETCH_REFINE rows its product quantiser puts nearest (their
+    float32 sketches read from the segment). The sketch-nearest
+    DEFAULT_CANDIDATES of those, plus the rows of smallest <S, S> over the
+    whole island (search.sketch.candidates says why), are the candidates. A
+    search restricted to a small part of the island (a semantic filter)
+    compares that part's sketches instead: the index's nearest would mostly
+    be filtered away.
+    """
+    from learnware_cli.market.segments import search_sketch_index, sketch_frequencies
     from learnware_cli.search import sketch
 
     segments_sketches, lives = view.sketches()
     omega = sketch_frequencies(user_spec.dim, user_spec.gamma, segments_sketches[0].shape[1])
     user = sketch.sketch_one(user_spec.z, user_spec.beta, omega).astype(np.float32)
-    distances = np.empty(view.count)
+    restricted = rows.size < view.count
+    use_index = rows.size * 2 >= view.count
+    positions_parts, distance_parts = [], []
     selfs = np.empty(view.count)
     offset = 0
     for segment, live in zip(view.segments, lives):
         n = int(live.sum())
-        position = offset
-        for rows_read, chunk in _row_blocks(segment.sketch, SKETCH_READ_ROWS):
-            chunk = chunk[live[rows_read : rows_read + chunk.shape[0]]]
-            distances[position : position + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
-            position += chunk.shape[0]
+        position_of = np.cumsum(live) - 1 + offset  # segment row -> view position (for live rows)
+        if use_index and segment.sketch_index is not None:
+            found = search_sketch_index(segment.sketch_index, user, SKETCH_REFINE, cache_key=(getattr(segment.sketch, "filename", None), segment.name))
+            found = np.sort(found[live[found]])
+            chunk = np.asarray(segment.sketch[found], dtype=np.float32)
+            positions_parts.append(position_of[found])
+            distance_parts.append(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64))
+        else:
+            distances = np.empty(n)
+            position = 0
+            for rows_read, chunk in _row_blocks(segment.sketch, SKETCH_READ_ROWS):
+                chunk = chunk[live[rows_read : rows_read + chunk.shape[0]]]
+                distances[position : position + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+                position += chunk.shape[0]
+            positions_parts.append(np.arange(offset, offset + n))
+            distance_parts.append(distances)
         selfs[offset : offset + n] = np.asarray(segment.selfs)[live]
         offset += n
-    restrict = None if rows.size == view.count else rows
-    near = sketch.smallest(distances, sketch.DEFAULT_CANDIDATES, restrict)
-    return sketch.merge_candidates(near, selfs, sketch.DEFAULT_SELF_CANDIDATES, restrict)
+    positions, distances = np.concatenate(positions_parts), np.concatenate(distance_parts)
+    if restricted:
+        keep = np.isin(positions, rows)
+        positions, distances = positions[keep], distances[keep]
+    near = positions[sketch.smallest(distances, sketch.DEFAULT_CANDIDATES)] if positions.size else np.zeros(0, np.int64)
+    # ties: smallest() breaks them by index into positions, which ascend within a segment and across segments
+    return sketch.merge_candidates(near, selfs, sketch.DEFAULT_SELF_CANDIDATES, rows if restricted else None)
 
 
+SKETCH_REFINE = 3_000  # rows per indexed segment whose float32 sketches are compared (the quantiser's nearest)
 SKETCH_READ_ROWS = 16_384  # sketch rows read at once: 32 MB at D = 512
 
 
@@ -427,7 +457,7 @@ def _stored_spec(market: Market, learnware_id: str, version: int):
     if key not in _SPECS:
         if len(_SPECS) >= _SPECS_KEPT:
             _SPECS.pop(next(iter(_SPECS)))
-        _SPECS[key] = load_spec(market.version_dir(learnware_id, version) / "rkme.json")
+        _SPECS[key] = market.version_spec(learnware_id, version)
     return _SPECS[key]
 
 
