@@ -249,8 +249,7 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
     user = sketch.sketch_one(user_spec.z, user_spec.beta, omega).astype(np.float32)
     restricted = rows.size < view.count
     use_index = rows.size * 2 >= view.count
-    positions_parts, distance_parts = [], []
-    selfs = np.empty(view.count)
+    positions_parts, distance_parts, self_positions, selfs_parts = [], [], [], []
     offset = 0
     for segment, live in zip(view.segments, lives):
         n = int(live.sum())
@@ -270,7 +269,12 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
                 position += chunk.shape[0]
             positions_parts.append(np.arange(offset, offset + n))
             distance_parts.append(distances)
-        selfs[offset : offset + n] = np.asarray(segment.selfs)[live]
+        if restricted:
+            selfs_parts.append(np.asarray(segment.selfs)[live])
+        else:  # the segment's own smallest live <S, S>: the island's smallest are among them (cached: user-independent)
+            smallest_rows = _smallest_live_selfs(segment, live, sketch.DEFAULT_SELF_CANDIDATES)
+            self_positions.append(position_of[smallest_rows])
+            selfs_parts.append(np.asarray(segment.selfs)[smallest_rows])
         offset += n
     positions, distances = np.concatenate(positions_parts), np.concatenate(distance_parts)
     if restricted:
@@ -278,7 +282,29 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
         positions, distances = positions[keep], distances[keep]
     near = positions[sketch.smallest(distances, sketch.DEFAULT_CANDIDATES)] if positions.size else np.zeros(0, np.int64)
     # ties: smallest() breaks them by index into positions, which ascend within a segment and across segments
-    return sketch.merge_candidates(near, selfs, sketch.DEFAULT_SELF_CANDIDATES, rows if restricted else None)
+    if restricted:
+        return sketch.merge_candidates(near, np.concatenate(selfs_parts), sketch.DEFAULT_SELF_CANDIDATES, rows)
+    positions_of_selfs, values = np.concatenate(self_positions), np.concatenate(selfs_parts)
+    extra = positions_of_selfs[np.lexsort((positions_of_selfs, values))][: sketch.DEFAULT_SELF_CANDIDATES]
+    return np.concatenate([near, extra[~np.isin(extra, near)]]).astype(np.int64)
+
+
+_SMALLEST_SELFS: dict = {}
+
+
+def _smallest_live_selfs(segment, live: np.ndarray, n: int) -> np.ndarray:
+    """Rows of a segment with the n smallest <S, S> among its live rows, ties by row (kept per segment and live set:
+    a segment never changes, so a process searching again skips reading its 8 bytes per row of self products)."""
+    import hashlib
+
+    key = (getattr(segment.selfs, "filename", None) or id(segment.selfs), segment.name, n, hashlib.sha1(np.packbits(live).tobytes()).hexdigest())
+    if key not in _SMALLEST_SELFS:
+        if len(_SMALLEST_SELFS) > 4096:
+            _SMALLEST_SELFS.clear()
+        from learnware_cli.search.sketch import smallest
+
+        _SMALLEST_SELFS[key] = smallest(np.asarray(segment.selfs), n, np.flatnonzero(live))
+    return _SMALLEST_SELFS[key]
 
 
 SKETCH_REFINE = 3_000  # rows per indexed segment whose float32 sketches are compared (the quantiser's nearest)
