@@ -9,7 +9,7 @@ export LW_JAX_CACHE ?= $(CURDIR)/.jax_cache
 
 INSTALLED := $(VENV)/.lw-installed
 
-.PHONY: install test test-slow bench demo demo-s3 experiment experiment-quick experiment-multimodal experiment-multimodal-quick experiment-anchors experiment-anchors-quick clean
+.PHONY: install test test-slow bench bench-huge demo demo-s3 experiment experiment-quick experiment-multimodal experiment-multimodal-quick experiment-anchors experiment-anchors-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python -m learnware_cli.bench
+
+# the scale table with its 10^6 column: ~1 h on 2 cores and ~50 GB of disk (LW_BENCH_DIR: where the markets go)
+bench-huge: install
+	LW_BENCH_HUGE=1 $(BIN)/python -m learnware_cli.bench --only scale
 
 demo: install
 	rm -rf $(DEMO_MARKET) $(DEMO_WORK)
