@@ -23,7 +23,7 @@ def search(
     k: int = k_option(5, "How many learnwares to return (and the mixture's maximum size)."),
     all_versions: bool = typer.Option(False, "--all-versions", help="Rank every version, not only each learnware's latest."),
     no_mixture: bool = typer.Option(False, "--no-mixture", help="Skip the mixture search."),
-    exact: bool = typer.Option(False, "--exact", help="Rank a large island by every learnware's MMD (default from 20 000 learnwares: sketch stage, then exact MMD of the best few hundred)."),
+    exact: bool = typer.Option(False, "--exact", help="Rank a large island by every learnware's MMD (default above 3 000 learnwares: sketch stage, then exact MMD of the best few hundred)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the local RKME fit for --data."),
     columns: Optional[str] = typer.Option(None, "--columns", help="What your columns are, comma-separated, in order (default: the CSV header of --data)."),
     semantic: Optional[Path] = typer.Option(None, "--semantic", help="A semantic spec JSON whose Input block describes your columns (Description, Features)."),
