@@ -246,16 +246,7 @@ def test_two_stage_search_never_imports_jax_and_matches_the_exact_search(two_tho
 
     monkeypatch.setattr(engine, "NUMPY_EXACT_MAX", 0)  # the exact search below runs on the device, with JAX
     root, user_path = two_thousand
-    wrapper = tmp_path / "run_lw.py"
-    wrapper.write_text(WRAPPER)
-    env = {**os.environ, "LW_TWO_STAGE_FROM": "500"}
-    done = subprocess.run(
-        [sys.executable, str(wrapper), "search", "--market", str(root), "--spec", str(user_path), "-k", "5", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "LW-JAX-IMPORTED=False" in done.stderr, done.stderr
-    staged = json.loads(done.stdout)
+    staged = _cold_search_without_jax(tmp_path, root, user_path, {**os.environ, "LW_TWO_STAGE_FROM": "500"})
     assert staged["user"]["stage"]["method"] == "sketch"
 
     code, exact = lw_json("search", "--market", root, "--spec", user_path, "-k", "5", "--exact")
@@ -272,22 +263,26 @@ def test_two_stage_search_never_imports_jax_and_matches_the_exact_search(two_tho
     assert staged["mixture"]["mmd2"] == pytest.approx(exact["mixture"]["mmd2"], rel=1e-6)
 
 
-def test_a_small_market_is_searched_exactly_without_jax(two_thousand, tmp_path, lw_json, monkeypatch):
-    """Up to NUMPY_EXACT_MAX learnwares every MMD^2 is computed in NumPy float64: a cold `lw search` never starts
-    JAX, and finds what the device's exact search finds."""
-    from learnware_cli.search import engine
-
-    root, user_path = two_thousand
+def _cold_search_without_jax(tmp_path, root, user_path, env: dict) -> dict:
+    """`lw search --json` of root in a fresh process (env): asserts it succeeded without importing JAX, returns its JSON."""
     wrapper = tmp_path / "run_lw.py"
     wrapper.write_text(WRAPPER)
-    env = {k: v for k, v in os.environ.items() if k != "LW_TWO_STAGE_FROM"}
     done = subprocess.run(
         [sys.executable, str(wrapper), "search", "--market", str(root), "--spec", str(user_path), "-k", "5", "--json"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "LW-JAX-IMPORTED=False" in done.stderr, done.stderr
-    small = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_a_small_market_is_searched_exactly_without_jax(two_thousand, tmp_path, lw_json, monkeypatch):
+    """Up to NUMPY_EXACT_MAX learnwares every MMD^2 is computed in NumPy float64: a cold `lw search` never starts
+    JAX, and finds what the device's exact search finds."""
+    from learnware_cli.search import engine
+
+    root, user_path = two_thousand
+    small = _cold_search_without_jax(tmp_path, root, user_path, {k: v for k, v in os.environ.items() if k != "LW_TWO_STAGE_FROM"})
     assert small["user"]["stage"]["method"] == "exact"
     monkeypatch.setattr(engine, "NUMPY_EXACT_MAX", 0)
     code, device = lw_json("search", "--market", root, "--spec", user_path, "-k", "5", "--exact")
