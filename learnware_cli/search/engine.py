@@ -259,13 +259,13 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
             found = np.sort(found[live[found]])
             chunk = np.asarray(segment.sketch[found], dtype=np.float32)
             positions_parts.append(position_of[found])
-            distance_parts.append(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64))
+            distance_parts.append(_sketch_distances(chunk, user))
         else:
             distances = np.empty(n)
             position = 0
             for rows_read, chunk in _row_blocks(segment.sketch, SKETCH_READ_ROWS):
                 chunk = chunk[live[rows_read : rows_read + chunk.shape[0]]]
-                distances[position : position + chunk.shape[0]] = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+                distances[position : position + chunk.shape[0]] = _sketch_distances(chunk, user)
                 position += chunk.shape[0]
             positions_parts.append(np.arange(offset, offset + n))
             distance_parts.append(distances)
@@ -287,6 +287,11 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
     positions_of_selfs, values = np.concatenate(self_positions), np.concatenate(selfs_parts)
     extra = positions_of_selfs[np.lexsort((positions_of_selfs, values))][: sketch.DEFAULT_SELF_CANDIDATES]
     return np.concatenate([near, extra[~np.isin(extra, near)]]).astype(np.int64)
+
+
+def _sketch_distances(chunk: np.ndarray, user: np.ndarray) -> np.ndarray:
+    """||s_m - u||^2 - ||u||^2 = ||s_m||^2 - 2 s_m . u for sketches chunk (m, D) float32 and user (D,) -> float64 (m,)."""
+    return np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
 
 
 _SMALLEST_SELFS: dict = {}
