@@ -7,6 +7,10 @@ package.zip), cold `lw search` as a whole process (median of 3, with its peak RS
 (two-stage and exact), recall@5 of the two-stage search against the exact one over 40 users, cold
 `lw list --limit 20`, `lw --help`, and the time to add 1 000 learnwares and one learnware to the market
 (beside one learnware into an empty market).
+
+LW_BENCH_SCALE_MARKET=PATH measures a market built before with this module's generator (``build_market``)
+instead of building one: a 10^6 market takes an hour to build, its searches a few minutes. It is left in
+place (the added learnwares stay in it).
 """
 
 from __future__ import annotations
@@ -36,6 +40,16 @@ def _specs(count: int, rng, centers=None):
         beta = rng.uniform(size=K)
         out.append(RKMESpec(z=centers[i] + rng.normal(size=(K, DIM)), beta=beta / beta.sum(), gamma=0.1, num_points=1000))
     return out
+
+
+def build_market(root: Path, count: int, seed: int = 0):
+    """A bench market of count spec-only learnwares at root (for LW_BENCH_SCALE_MARKET) -> (Market, seconds)."""
+    from learnware_cli.market.store import Market
+
+    market = Market.create(root)
+    started = time.perf_counter()
+    _fill(market, count, np.random.default_rng(seed))
+    return market, time.perf_counter() - started
 
 
 def _fill(market, count: int, rng, chunk: int = 5000) -> None:
@@ -124,19 +138,21 @@ def bench_scale() -> None:
         (tmp / "packages").mkdir()
         packages = _packages(tmp / "packages", 6)
         submit_empty = _submit_seconds(Market.create(tmp / "empty-submit").root, packages[:3])
+        given = os.environ.get("LW_BENCH_SCALE_MARKET")
+        if given:
+            market = Market.open(Path(given))
+            sizes = (market.count(),)
         for m in sizes:
-            market = Market.create(tmp / f"m{m}")
-            started = time.perf_counter()
-            _fill(market, m, rng)
-            built = time.perf_counter() - started
+            if not given:
+                market, built = build_market(tmp / f"m{m}", m, seed=int(rng.integers(2**31)))
             total, blocks = _disk_usage(market.root)
             index_bytes = (market.root / "index.sqlite").stat().st_size + _disk_bytes(market.root / "segments")
-            record("scale", f"build {m} learnwares (bulk path)", built,
+            record("scale", f"{'built before' if given else 'build'} {m} learnwares (bulk path)", 0.0 if given else built,
                    f"{total / m / 1024:.1f} KiB/learnware on disk ({blocks / m / 1024:.1f} KiB in disk blocks), "
                    f"index (catalog + segments) {index_bytes / m / 1024:.1f} KiB/learnware = {index_bytes / 2**30:.2f} GiB")
 
             # users: near a market learnware (a real best match) and anywhere
-            per_kind = 20 if m < HUGE else 5  # an exact search of 10^6 streams 8 GB: fewer users there
+            per_kind = 20 if m < HUGE else 10  # an exact search of 10^6 takes ~100 s: fewer users there
             near = [market.version_spec(f"{i:08d}", 1) for i in rng.integers(1, m + 1, size=per_kind)]
             users = [type(s)(z=np.asarray(s.z) + rng.normal(size=np.shape(s.z)) * 0.3, beta=s.beta, gamma=s.gamma) for s in near] + _specs(per_kind, rng)
             user_path = tmp / "user.json"
@@ -173,4 +189,5 @@ def bench_scale() -> None:
             record("scale", f"add 1 learnware to {m}", one, f"bulk path; into an empty market {one_empty:.3f} s")
             submitted = _submit_seconds(market.root, packages[3:])
             record("scale", f"one `lw submit` into {m}", submitted, f"whole process, every check, median of 3; into an empty market {submit_empty:.2f} s", "no slower than empty")
-            shutil.rmtree(market.root)
+            if not given:
+                shutil.rmtree(market.root)

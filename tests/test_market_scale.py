@@ -258,3 +258,60 @@ def test_a_submit_reads_only_what_it_writes_and_still_finds_duplicates(tmp_path,
     with sqlite3.connect(market.root / "index.sqlite") as conn:
         plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN SELECT id FROM versions WHERE json_extract(record, '$.checksum') = 'x'"))
     assert "versions_by_checksum" in plan, plan
+
+
+def _wide_specs(m: int, rng, dim: int = 20, k: int = 50) -> list[RKMESpec]:
+    """m specs like the scale bench's (d = 20, unrelated centres): <u,S> ~ 0 between almost any two."""
+    specs = []
+    for _ in range(m):
+        beta = rng.uniform(size=k)
+        specs.append(RKMESpec(z=rng.normal(size=dim) * 3 + rng.normal(size=(k, dim)), beta=beta / beta.sum(), gamma=GAMMA, num_points=100))
+    return specs
+
+
+def _shifted(spec: RKMESpec, cross: float) -> RKMESpec:
+    """spec's points moved together along one axis so far that <spec, moved> = cross (bisection on the shift)."""
+    from learnware_cli.search.exact_numpy import inner_product
+
+    z = np.asarray(spec.z)
+    low, high = 0.0, 50.0
+    for _ in range(60):
+        shift = (low + high) / 2
+        moved = z + np.eye(z.shape[1])[0] * shift
+        low, high = (shift, high) if inner_product(z, spec.beta, moved, spec.beta, GAMMA) > cross else (low, shift)
+    return RKMESpec(z=z + np.eye(z.shape[1])[0] * high, beta=spec.beta, gamma=GAMMA, num_points=100)
+
+
+def test_a_learnware_the_sketch_cannot_see_reaches_the_top_five_through_the_self_pool(tmp_path, monkeypatch):
+    """A learnware whose data barely touch the user's (<u,S> of a few 1e-3, about the sketch's noise on s . u) wins on
+    its small <S,S>, though its <S,S> is not among the very smallest: in a market of 10^6 such learnwares are what the
+    sketch list can miss. With the sketch list off and 5 self candidates, the self pool's exact <u,S> finds it; a
+    list of the plain 5 smallest <S,S> (the earlier rule) does not."""
+    from learnware_cli.search import sketch
+    from learnware_cli.search.exact_numpy import inner_product, mmd2_to_specs
+
+    rng = np.random.default_rng(11)
+    specs = _wide_specs(1000, rng)
+    selfs = np.array([inner_product(s.z, s.beta, s.z, s.beta, GAMMA) for s in specs])
+    user = specs[int(np.argsort(selfs)[30])]  # <u,u> = the 31st smallest <S,S>
+    specs = [s for s in specs if s is not user]
+    mmd2, _ = mmd2_to_specs(user.z, user.beta, np.stack([s.z for s in specs]), np.stack([s.beta for s in specs]), GAMMA)
+    own = inner_product(user.z, user.beta, user.z, user.beta, GAMMA)
+    # the user's points, shifted: <S,S> = <u,u>, and <u,S> chosen so that MMD^2 = 2 <u,u> - 2 <u,S> is the exact 3rd
+    cross = own - np.sort(mmd2)[2] / 2 + 1e-5
+    assert 0 < cross < 5e-3
+    specs.append(_shifted(user, cross))
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=50)
+    write_spec_only_learnwares(market, specs, [spec_only_semantic(f"lw {i}", 20) for i in range(len(specs))])
+    planted_id = f"{len(specs):08d}"
+    monkeypatch.setattr(engine, "TWO_STAGE_FROM", 0)
+    monkeypatch.setattr(sketch, "DEFAULT_CANDIDATES", 0)
+    monkeypatch.setattr(sketch, "DEFAULT_SELF_CANDIDATES", 5)
+    exact = [r["id"] for r in search(market, user, k=5, mixture=False, exact=True).single]
+    assert exact[2] == planted_id
+
+    monkeypatch.setattr(engine, "SELF_POOL", 200)
+    assert [r["id"] for r in search(market, user, k=5, mixture=False).single] == exact
+    monkeypatch.setattr(engine, "SELF_POOL", 5)  # the pool is the list: the 5 smallest <S,S>, as before
+    engine._SELF_POOLS.clear()
+    assert planted_id not in [r["id"] for r in search(market, user, k=5, mixture=False).single]

@@ -231,15 +231,27 @@ def _streamed_mmd2(view, user_spec: RKMESpec) -> np.ndarray:
 def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarray:
     """The sketch stage: view positions (among rows) to re-score exactly.
 
-    The sketch distance ||s - u||^2 (up to ||u||^2) is computed for: every live
-    row of a segment without a sketch index (read in blocks), and, in a segment
-    with one, the SKETCH_REFINE rows its product quantiser puts nearest (their
-    float32 sketches read from the segment). The sketch-nearest
-    DEFAULT_CANDIDATES of those, plus the rows of smallest <S, S> over the
-    whole island (search.sketch.candidates says why), are the candidates. A
-    search restricted to a small part of the island (a semantic filter)
-    compares that part's sketches instead: the index's nearest would mostly
-    be filtered away.
+    MMD^2(u, S) = <u,u> + <S,S> - 2 <u,S>. Every segment stores the exact
+    <S,S>; the sketch estimates <u,S> by s . u (search.sketch). Two lists:
+
+    - the sketch list: the DEFAULT_CANDIDATES rows of smallest
+      <S,S> - 2 s . u, scored over every live row of a segment without a
+      sketch index (read in blocks) and, in a segment with one, over the
+      SKETCH_REFINE rows its product quantiser puts nearest (their float32
+      sketches read from the segment). It finds the learnwares whose data
+      overlap the user's;
+    - the self list: among the SELF_POOL rows of smallest <S,S>, the
+      DEFAULT_SELF_CANDIDATES of smallest <S,S> - 2 <u,S>, <u,S> computed
+      exactly (float32 kernels). Why: a learnware whose data barely touch the
+      user's has <u,S> ~ 1e-4, below the sketch's noise on s . u (~3e-3 at
+      D = 1024), yet in a market of 10^6 such learnwares with small <S,S>
+      fill the exact top 5 (search.sketch.candidates says why <S,S> decides
+      there; a fixed list of the 64 smallest missed 1 of 50 top-5 slots at
+      10^6). The pool is user-independent and kept per process.
+
+    A search restricted to a small part of the island (a semantic filter)
+    compares that part's sketches and selfs instead: the index's nearest
+    would mostly be filtered away.
     """
     from learnware_cli.market.segments import search_sketch_index, sketch_frequencies
     from learnware_cli.search import sketch
@@ -249,60 +261,94 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
     user = sketch.sketch_one(user_spec.z, user_spec.beta, omega).astype(np.float32)
     restricted = rows.size < view.count
     use_index = rows.size * 2 >= view.count
-    positions_parts, distance_parts, self_positions, selfs_parts = [], [], [], []
+    positions_parts, score_parts, low_positions, low_selfs, segment_keys = [], [], [], [], []
     offset = 0
     for segment, live in zip(view.segments, lives):
         n = int(live.sum())
+        segment_keys.append(_segment_key(segment, live))
         position_of = np.cumsum(live) - 1 + offset  # segment row -> view position (for live rows)
         if use_index and segment.sketch_index is not None:
             found = search_sketch_index(segment.sketch_index, user, SKETCH_REFINE, cache_key=(getattr(segment.sketch, "filename", None), segment.name))
             found = np.sort(found[live[found]])
             chunk = np.asarray(segment.sketch[found], dtype=np.float32)
             positions_parts.append(position_of[found])
-            distance_parts.append(_sketch_distances(chunk, user))
+            score_parts.append(_sketch_scores(chunk, user, np.asarray(segment.selfs[found], dtype=np.float64)))
         else:
-            distances = np.empty(n)
+            scores = np.empty(n)
             position = 0
             for rows_read, chunk in _row_blocks(segment.sketch, SKETCH_READ_ROWS):
-                chunk = chunk[live[rows_read : rows_read + chunk.shape[0]]]
-                distances[position : position + chunk.shape[0]] = _sketch_distances(chunk, user)
+                kept = live[rows_read : rows_read + chunk.shape[0]]
+                chunk = chunk[kept]
+                selfs = np.asarray(segment.selfs[rows_read : rows_read + kept.size], dtype=np.float64)[kept]
+                scores[position : position + chunk.shape[0]] = _sketch_scores(chunk, user, selfs)
                 position += chunk.shape[0]
             positions_parts.append(np.arange(offset, offset + n))
-            distance_parts.append(distances)
+            score_parts.append(scores)
         if restricted:
-            selfs_parts.append(np.asarray(segment.selfs)[live])
+            low_positions.append(np.arange(offset, offset + n))
+            low_selfs.append(np.asarray(segment.selfs)[live])
         else:  # the segment's own smallest live <S, S>: the island's smallest are among them (cached: user-independent)
-            smallest_rows = _smallest_live_selfs(segment, live, sketch.DEFAULT_SELF_CANDIDATES)
-            self_positions.append(position_of[smallest_rows])
-            selfs_parts.append(np.asarray(segment.selfs)[smallest_rows])
+            smallest_rows = _smallest_live_selfs(segment, live, SELF_POOL, segment_keys[-1])
+            low_positions.append(position_of[smallest_rows])
+            low_selfs.append(np.asarray(segment.selfs[smallest_rows], dtype=np.float64))
         offset += n
-    positions, distances = np.concatenate(positions_parts), np.concatenate(distance_parts)
+    positions, scores = np.concatenate(positions_parts), np.concatenate(score_parts)
+    low_positions, low_selfs = np.concatenate(low_positions), np.concatenate(low_selfs)
     if restricted:
         keep = np.isin(positions, rows)
-        positions, distances = positions[keep], distances[keep]
-    near = positions[sketch.smallest(distances, sketch.DEFAULT_CANDIDATES)] if positions.size else np.zeros(0, np.int64)
+        positions, scores = positions[keep], scores[keep]
+        keep = np.isin(low_positions, rows)
+        low_positions, low_selfs = low_positions[keep], low_selfs[keep]
+    near = positions[sketch.smallest(scores, sketch.DEFAULT_CANDIDATES)] if positions.size else np.zeros(0, np.int64)
     # ties: smallest() breaks them by index into positions, which ascend within a segment and across segments
-    if restricted:
-        return sketch.merge_candidates(near, np.concatenate(selfs_parts), sketch.DEFAULT_SELF_CANDIDATES, rows)
-    positions_of_selfs, values = np.concatenate(self_positions), np.concatenate(selfs_parts)
-    extra = positions_of_selfs[np.lexsort((positions_of_selfs, values))][: sketch.DEFAULT_SELF_CANDIDATES]
-    return np.concatenate([near, extra[~np.isin(extra, near)]]).astype(np.int64)
+    pool = np.lexsort((low_positions, low_selfs))[:SELF_POOL]
+    low = _self_list(view, user_spec, low_positions[pool], low_selfs[pool], None if restricted else tuple(segment_keys))
+    return np.concatenate([near, low[~np.isin(low, near)]]).astype(np.int64)
 
 
-def _sketch_distances(chunk: np.ndarray, user: np.ndarray) -> np.ndarray:
-    """||s_m - u||^2 - ||u||^2 = ||s_m||^2 - 2 s_m . u for sketches chunk (m, D) float32 and user (D,) -> float64 (m,)."""
-    return np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64) - 2.0 * (chunk @ user).astype(np.float64)
+def _sketch_scores(chunk: np.ndarray, user: np.ndarray, selfs: np.ndarray) -> np.ndarray:
+    """<S_m,S_m> - 2 s_m . u (MMD^2 less <u,u>, the cross product estimated by the sketch) for sketches chunk (m, D)
+    float32, user (D,) and exact selfs (m,) -> float64 (m,)."""
+    return selfs - 2.0 * (chunk @ user).astype(np.float64)
+
+
+SELF_POOL = 1_024  # learnwares of smallest <S,S> whose <u,S> the sketch stage computes exactly (float32 kernels)
+_SELF_POOLS: dict = {}
+
+
+def _self_list(view, user_spec: RKMESpec, positions: np.ndarray, selfs: np.ndarray, key) -> np.ndarray:
+    """The DEFAULT_SELF_CANDIDATES positions (of the pool positions, selfs <S,S>) of smallest <S,S> - 2 <u,S>, ties by
+    position. The pool's zs and betas (8 MB at 1 024 x K = 100 x d = 20, float32) are kept per process under key
+    (the view's segments and live sets: None keeps nothing)."""
+    from learnware_cli.search import exact_numpy, sketch
+
+    arrays = _SELF_POOLS.get(key) if key is not None else None
+    if arrays is None:
+        zs, betas, _ = view.gather(positions)
+        arrays = (zs.astype(np.float32), betas.astype(np.float32))
+        if key is not None:
+            if len(_SELF_POOLS) >= 8:
+                _SELF_POOLS.pop(next(iter(_SELF_POOLS)))
+            _SELF_POOLS[key] = arrays
+    cross = exact_numpy.cross_products(user_spec.z, user_spec.beta, arrays[0], arrays[1], user_spec.gamma, dtype=np.float32)
+    order = np.lexsort((positions, selfs - 2.0 * cross))
+    return positions[order[: sketch.DEFAULT_SELF_CANDIDATES]]
 
 
 _SMALLEST_SELFS: dict = {}
 
 
-def _smallest_live_selfs(segment, live: np.ndarray, n: int) -> np.ndarray:
-    """Rows of a segment with the n smallest <S, S> among its live rows, ties by row (kept per segment and live set:
-    a segment never changes, so a process searching again skips reading its 8 bytes per row of self products)."""
+def _segment_key(segment, live: np.ndarray) -> tuple:
+    """What identifies a segment's live rows across searches: its file, its (unique) name and a digest of the live set."""
     import hashlib
 
-    key = (getattr(segment.selfs, "filename", None) or id(segment.selfs), segment.name, n, hashlib.sha1(np.packbits(live).tobytes()).hexdigest())
+    return (getattr(segment.selfs, "filename", None) or id(segment.selfs), segment.name, hashlib.sha1(np.packbits(live).tobytes()).hexdigest())
+
+
+def _smallest_live_selfs(segment, live: np.ndarray, n: int, segment_key: tuple) -> np.ndarray:
+    """Rows of a segment with the n smallest <S, S> among its live rows, ties by row (kept per segment and live set:
+    a segment never changes, so a process searching again skips reading its 8 bytes per row of self products)."""
+    key = (*segment_key, n)
     if key not in _SMALLEST_SELFS:
         if len(_SMALLEST_SELFS) > 4096:
             _SMALLEST_SELFS.clear()

@@ -14,7 +14,7 @@ Notation: a user RKME (z_u (K, d), beta_u (K,)); specs zs (n, K2, d), betas
 the Gaussian kernel k(x, y) = exp(-gamma ||x - y||^2), and
 <S, T> = beta_S^T k(z_S, z_T) beta_T, so that MMD^2(u, S) = <u,u> - 2<u,S> + <S,S>.
 
-Every function is pure (arrays in, arrays out) and float64.
+Every function is pure (arrays in, arrays out) and float64 (cross_products may compute its kernels in float32).
 """
 
 from __future__ import annotations
@@ -65,12 +65,30 @@ def inner_product(z1: np.ndarray, beta1: np.ndarray, z2: np.ndarray, beta2: np.n
     return float(np.asarray(beta1, np.float64) @ gaussian_kernel(z1, z2, gamma) @ np.asarray(beta2, np.float64))
 
 
+def cross_products(z: np.ndarray, beta: np.ndarray, zs: np.ndarray, betas: np.ndarray, gamma: float, block: int = SPEC_BLOCK, dtype=np.float64) -> np.ndarray:
+    """<u, S_m> = beta^T k(z, zs_m) betas_m for one RKME z (K, d), beta (K,) and specs zs (n, K2, d), betas (n, K2) -> (n,).
+
+    The kernels are computed in ``dtype`` (float32 halves the time of the
+    sketch stage's self pool, see search.engine) and summed in float64;
+    ``block`` specs at a time (K * block * K2 kernel entries).
+    """
+    z = np.asarray(z, dtype)
+    beta = np.asarray(beta, dtype)
+    n, k2, d = np.shape(zs)
+    cross = np.empty(n)
+    for start in range(0, n, block):
+        zb, bb = np.asarray(zs[start : start + block], dtype), np.asarray(betas[start : start + block], np.float64)
+        m = zb.shape[0]
+        cross[start : start + m] = ((beta @ gaussian_kernel(z, zb.reshape(m * k2, d), gamma)).reshape(m, k2) * bb).sum(axis=1)
+    return cross
+
+
 def mmd2_to_specs(z: np.ndarray, beta: np.ndarray, zs: np.ndarray, betas: np.ndarray, gamma: float, block: int = SPEC_BLOCK):
     """Float64 MMD^2 from one RKME z (K, d), beta (K,) to each spec of zs (n, K2, d), betas (n, K2).
 
     -> (mmd2 (n,), selfs (n,)) with
         own     = beta^T k(z, z) beta                       (scalar)
-        cross_m = beta^T k(z, zs_m) betas_m                  (n,)
+        cross_m = beta^T k(z, zs_m) betas_m                  (n,)  (cross_products)
         selfs_m = betas_m^T k(zs_m, zs_m) betas_m            (n,)
         mmd2_m  = own - 2 cross_m + selfs_m
     Zero-weight padding is inert. ``block`` specs at a time, so memory stays
@@ -81,15 +99,13 @@ def mmd2_to_specs(z: np.ndarray, beta: np.ndarray, zs: np.ndarray, betas: np.nda
     beta = np.asarray(beta, np.float64)
     zs = np.asarray(zs, np.float64)
     betas = np.asarray(betas, np.float64)
-    n, k2, d = zs.shape
+    n = zs.shape[0]
     own = float(beta @ gaussian_kernel(z, z, gamma) @ beta)
-    cross = np.empty(n)
+    cross = cross_products(z, beta, zs, betas, gamma, block)
     selfs = np.empty(n)
     for start in range(0, n, block):
         zb, bb = zs[start : start + block], betas[start : start + block]
         m = zb.shape[0]
-        points = zb.reshape(m * k2, d)
-        cross[start : start + m] = ((beta @ gaussian_kernel(z, points, gamma)).reshape(m, k2) * bb).sum(axis=1)
         norms = np.einsum("mkd,mkd->mk", zb, zb)
         sq = norms[:, :, None] - 2.0 * np.matmul(zb, zb.transpose(0, 2, 1)) + norms[:, None, :]  # (m, K2, K2)
         np.maximum(sq, 0.0, out=sq)
