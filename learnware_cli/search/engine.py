@@ -205,7 +205,7 @@ def _search_island(market: Market, user_spec: RKMESpec, allowed, k, all_versions
             from learnware_cli.search.statistical import find_mixture
 
             found = find_mixture(user_spec, pool_z, pool_beta, max_size=k, method=mixture_method)
-        result.mixture = _mixture_doc_described(found, described)
+        result.mixture = _mixture_doc(found, described)
     return result
 
 
@@ -393,7 +393,11 @@ def _describe_rows(market: Market, ids: np.ndarray, versions: np.ndarray, positi
     return out
 
 
-def _mixture_doc_described(found, described: list) -> dict:
+def _mixture_doc(found, described: list) -> dict:
+    """A search's "mixture": its members (described, with weights, heaviest first), MMD^2 and score.
+
+    described: the _describe of each pool position the mixture's members index.
+    """
     return {
         "learnwares": [{**described[p], "weight": round(float(w), 6)} for p, w in zip(found.members, found.weights)],
         "mmd2": found.mmd2,
@@ -401,19 +405,9 @@ def _mixture_doc_described(found, described: list) -> dict:
     }
 
 
-def _mixture_doc(found, pool_members: list) -> dict:
-    """A search's "mixture": its members (described, with weights, heaviest first), MMD^2 and score.
-
-    pool_members: (key, entry, record) of each pool position the mixture's members index.
-    """
-    return {
-        "learnwares": [
-            {**_describe(pool_members[p][1], pool_members[p][2]), "weight": round(float(w), 6)}
-            for p, w in zip(found.members, found.weights)
-        ],
-        "mmd2": found.mmd2,
-        "score": round(found.score, 4),
-    }
+def _describe_members(members: list) -> list[dict]:
+    """_describe of (key, entry, record) members."""
+    return [_describe(entry, record) for _, entry, record in members]
 
 
 _DEVICE_STACKS: dict = {}
@@ -483,7 +477,7 @@ def _search_kind(market, index, user_spec, allowed, k, all_versions, progress, r
         gram = np.triu(gram) + np.triu(gram, 1).T
         cross = np.array([user_spec.inner_product(s) for s in specs])
         found = mixture_from_products(gram, cross, own, max_size=k)
-        result.mixture = _mixture_doc(found, [members[row] for row in pool])
+        result.mixture = _mixture_doc(found, _describe_members([members[row] for row in pool]))
     return result
 
 
@@ -597,7 +591,7 @@ def _search_features(market, index, user_spec, user_features, allowed, k, mixtur
             for i, (_, own_on_s, _) in enumerate(specs):
                 zs[i, : own_on_s.size], betas[i, : own_on_s.size] = own_on_s.z, own_on_s.beta
             chosen = find_mixture(user_on_s, zs, betas, max_size=k, method=mixture_method)
-            result.mixture = {**_mixture_doc(chosen, [stack.members[row] for row in pool]), "shared": top_shared}
+            result.mixture = {**_mixture_doc(chosen, _describe_members([stack.members[row] for row in pool])), "shared": top_shared}
     return result
 
 

@@ -262,6 +262,11 @@ def candidates(
     with scores ~0); without the list, recall@5 there was 0.83 at D = 1024,
     n = 300 (M = 10^4), with it 1.0. The list is user-independent (``smallest``
     of the stored self products, restricted to ``rows``).
+
+    The market's search (search.engine._sketch_candidates) refines both lists
+    with what a market stores beside the sketches: the sketch list is scored
+    by the exact <S,S> - 2 s_u . s_l, and the self list is the n_self of a
+    larger pool of smallest <S,S> whose <u,S> is computed exactly.
     """
     near = nearest(sketches, user, n, rows=rows, sq_norms=sq_norms, block=block)
     return merge_candidates(near, self_products, n_self, rows)
