@@ -46,13 +46,15 @@ def list_learnwares(
 
     Example: lw list --market ./market --tag Task=Classification --name diabetes
     """
-    from learnware_cli.search.semantic import parse_tag_filters, semantic_search
+    from learnware_cli.search.semantic import parse_tag_filters
 
     opened = open_market(market)
     query = parse_tag_filters(tag, opened.vocabulary)
-    if query or name or limit <= 0:
-        found = semantic_search(opened.entries(), query, name, opened.vocabulary)
-        count, shown = len(found), [entry for entry, _ in (found if limit <= 0 else found[:limit])]
+    if query or name:  # filtered in the catalog: ids first, then the entries shown
+        found = opened.semantic_matches(query, name)
+        count, shown = len(found), [opened.entry(learnware_id) for learnware_id, _ in (found if limit <= 0 else found[:limit])]
+    elif limit <= 0:
+        count, shown = opened.count(), opened.entries()
     else:  # no filter: one page of the catalog, whatever the market's size
         count, shown = opened.count(), opened.page(limit)
     rows = [summary(entry) for entry in shown]

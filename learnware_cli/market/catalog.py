@@ -228,6 +228,39 @@ def put_version(conn: sqlite3.Connection, learnware_id: str, name: str, semantic
     )
 
 
+def tag_condition(query: dict, vocabulary: dict) -> tuple[str, list]:
+    """(SQL condition on learnwares.semantic, its parameters): true exactly where search.semantic.tags_match
+    (semantic, query, vocabulary) is, so a tag-filtered search filters in SQLite instead of parsing every entry.
+
+    For each key with wanted values: the key's values are the elements of its Values array (a non-empty
+    string counts as one value, "" and null as none); a Tag key (by the vocabulary, else the spec's own Type)
+    passes when one value is wanted, a Class key when it has values and every one is wanted.
+    """
+    parts, params = [], []
+    for key, wanted in query.items():
+        if not wanted:
+            continue
+        path = "$." + json.dumps(str(key)) + ".Values"
+        marks = ", ".join("?" * len(wanted))
+        counted = "NOT (json_type(semantic, ?) = 'null' OR (json_type(semantic, ?) = 'text' AND j.value = ''))"
+        values = f"SELECT 1 FROM json_each(semantic, ?) AS j WHERE {counted}"
+        tag = f"EXISTS ({values} AND j.value IN ({marks}))"
+        tag_params = [path, path, path, *wanted]
+        klass = f"(EXISTS ({values}) AND NOT EXISTS ({values} AND (j.value IS NULL OR j.value NOT IN ({marks}))))"
+        class_params = [path, path, path, path, path, path, *wanted]
+        declared = (vocabulary or {}).get(key, {}).get("type")
+        if declared == "Tag":
+            parts.append(tag)
+            params += tag_params
+        elif declared:
+            parts.append(klass)
+            params += class_params
+        else:
+            parts.append(f"(CASE WHEN json_extract(semantic, ?) = 'Tag' THEN {tag} ELSE {klass} END)")
+            params += ["$." + json.dumps(str(key)) + ".Type", *tag_params, *class_params]
+    return (" AND ".join(parts) or "1"), params
+
+
 def entry_from_rows(learnware_id: str, name: str, semantic: str, records: list) -> dict:
     """The index entry dict the rest of lw reads: id, name, semantic, versions (oldest first)."""
     return {"id": learnware_id, "name": name, "semantic": json.loads(semantic), "versions": [json.loads(r) for r in records]}

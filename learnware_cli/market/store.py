@@ -487,6 +487,21 @@ class Market:
             rows = conn.execute(f"SELECT id, semantic FROM learnwares WHERE {DESCRIBES_COLUMNS} ORDER BY id").fetchall()
         return [{"id": i, "semantic": json.loads(semantic)} for i, semantic in rows]
 
+    def semantic_matches(self, query: dict, text: Optional[str] = None) -> list[tuple[str, float]]:
+        """(id, score) of the learnwares whose latest semantic spec passes query's tag filters, ranked by text
+        (search.semantic.semantic_search's rules and order), without building entries: the filters run in SQLite
+        (catalog.tag_condition) and only the names and descriptions of the kept rows are read."""
+        from learnware_cli.market.catalog import tag_condition
+        from learnware_cli.search.semantic import TEXT_KEYS, text_scores
+
+        condition, params = tag_condition(query, self.vocabulary)
+        texts = ", ".join(f"json_extract(semantic, '$.{key}.Values')" for key in TEXT_KEYS) if text else "NULL"
+        with self._reading() as conn:
+            rows = conn.execute(f"SELECT id, {texts} FROM learnwares WHERE {condition} ORDER BY id", params).fetchall()
+        if not text:
+            return [(row[0], 1.0) for row in rows]
+        return [(row[0], score) for row, score in text_scores(rows, text, haystacks=lambda row: [str(h or "").lower() for h in row[1:]])]
+
     def holders_of(self, checksum: str) -> list[tuple[str, int]]:
         """(id, version) of every stored version whose package.zip has this sha256 (an index lookup)."""
         with self._reading() as conn:

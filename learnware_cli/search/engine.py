@@ -100,15 +100,18 @@ def search(
         raise InputError(f"unknown match {match!r} (expected one of {', '.join(MATCH_MODES)})")
     result = SearchResult(market=str(market.root))
     filtered = bool(tags) or bool(text)
-    # the whole index only where every entry is needed (tags, text, features, islands): a plain
-    # search by RKME reads the island's segments and the few entries it reports
-    index = market.read_index() if filtered or user_spec is None or user_semantic or user_spec.island_key().kind != TABLE_KIND else None
-    ranked = semantic_search(list(index["learnwares"].values()), tags or {}, text, market.vocabulary) if filtered or user_spec is None else []
+    # tags and text are filtered in the catalog (ids and scores, no entries built); the whole index only where
+    # every entry is needed (features, other kinds' islands): a search by RKME reads the island's segments and
+    # the few entries it reports
+    matches = market.semantic_matches(tags or {}, text) if filtered or user_spec is None else []
     if user_spec is None:
-        result.considered = len(ranked)
-        result.single = [{**_describe(e, e["versions"][-1]), "score": round(s, 4)} for e, s in ranked[:k]]
+        result.considered = len(matches)
+        for learnware_id, score in matches[:k]:
+            entry = market.entry(learnware_id)
+            result.single.append({**_describe(entry, entry["versions"][-1]), "score": round(score, 4)})
         return result
-    allowed = {e["id"] for e, _ in ranked} if filtered else None
+    index = market.read_index() if user_semantic or user_spec.island_key().kind != TABLE_KIND else None
+    allowed = {learnware_id for learnware_id, _ in matches} if filtered else None
     island = user_spec.island_key()
     if island.kind != TABLE_KIND:  # images, texts: their own islands, their own kernels
         if match == "features":

@@ -73,16 +73,15 @@ def tags_match(semantic: dict, query: dict[str, list[str]], vocabulary: Optional
     return True
 
 
-def text_scores(entries: list[dict], text: Optional[str]) -> list[tuple[dict, float]]:
-    """Rank entries by how well their Name/Description match text; see module docstring."""
+def text_scores(entries: list, text: Optional[str], haystacks=None) -> list[tuple]:
+    """Rank entries by how well their Name/Description match text; see module docstring.
+
+    haystacks(entry) -> the lower-cased texts to match (default: an entry dict's Name and Description Values).
+    """
     if not text:
         return [(e, 1.0) for e in entries]
     needle = text.strip().lower()
-
-    def haystacks(entry: dict) -> list[str]:
-        semantic = entry.get("semantic", {})
-        return [str(semantic.get(k, {}).get("Values", "") or "").lower() for k in TEXT_KEYS]
-
+    haystacks = haystacks or _entry_haystacks
     exact = [(e, 1.0) for e in entries if any(needle in h for h in haystacks(e))]
     if exact:
         return exact
@@ -95,6 +94,11 @@ def text_scores(entries: list[dict], text: Optional[str]) -> list[tuple[dict, fl
             scored.append((entry, score / 100.0))
     scored.sort(key=lambda pair: -pair[1])
     return scored
+
+
+def _entry_haystacks(entry: dict) -> list[str]:
+    semantic = entry.get("semantic", {})
+    return [str(semantic.get(k, {}).get("Values", "") or "").lower() for k in TEXT_KEYS]
 
 
 def semantic_search(
