@@ -315,3 +315,40 @@ def test_a_learnware_the_sketch_cannot_see_reaches_the_top_five_through_the_self
     monkeypatch.setattr(engine, "SELF_POOL", 5)  # the pool is the list: the 5 smallest <S,S>, as before
     engine._SELF_POOLS.clear()
     assert planted_id not in [r["id"] for r in search(market, user, k=5, mixture=False).single]
+
+
+def test_gather_reads_any_positions_in_any_order_across_segments(tmp_path):
+    """IslandView.gather (one sorted read per segment) returns the rows dense() has at those positions, in the
+    order asked, repeats included, with removed rows skipped by the positions."""
+    rng = np.random.default_rng(12)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    for size in (30, 7, 12):
+        _fill(market, _specs(size, rng, k=int(rng.integers(5, 13))))
+    market.remove("00000004")
+    view = market.island_view(seg.island_name("table", D))
+    assert len(view.segments) >= 2
+    zs, betas, selfs = view.dense()
+    positions = rng.permutation(view.count)[:25].tolist() + [3, 3, view.count - 1]
+    got_z, got_beta, got_selfs = view.gather(positions)
+    np.testing.assert_array_equal(got_z, zs[positions])
+    np.testing.assert_array_equal(got_beta, betas[positions])
+    np.testing.assert_array_equal(got_selfs, selfs[positions])
+
+
+def test_a_segment_file_changed_under_a_process_is_mapped_again_not_read_stale(tmp_path):
+    """A process keeps its segment mappings between searches; a file truncated in place (same inode, shorter: what
+    a damaged disk or a hostile hand leaves) is noticed: one clear error, not a crash on a mapping past the end."""
+    from learnware_cli.errors import MarketError
+
+    rng = np.random.default_rng(13)
+    market = Market.create(tmp_path / "m", gamma=GAMMA, k=12)
+    _fill(market, _specs(40, rng))
+    user = _specs(1, rng)[0]
+    first = search(market, user, k=3, mixture=False)
+    (folder,) = [p for p in (market.root / seg.SEGMENTS_DIR).iterdir()]
+    zs = folder / "zs.npy"
+    with open(zs, "r+b") as fh:
+        fh.truncate(zs.stat().st_size // 2)
+    with pytest.raises(MarketError, match="unreadable"):
+        search(market, user, k=3, mixture=False)
+    assert first.single
