@@ -352,3 +352,20 @@ def test_a_segment_file_changed_under_a_process_is_mapped_again_not_read_stale(t
     with pytest.raises(MarketError, match="unreadable"):
         search(market, user, k=3, mixture=False)
     assert first.single
+
+
+def test_read_rows_reads_what_indexing_gives_for_any_rows(tmp_path):
+    """segments.read_rows (positioned reads of a .npy file, one per run of adjacent rows) = indexing the array:
+    scattered, adjacent, repeated and unsorted rows, 2-D and 3-D, and an in-memory array is simply indexed."""
+    rng = np.random.default_rng(14)
+    for shape in [(500, 7), (300, 4, 3)]:
+        values = rng.normal(size=shape).astype(np.float32)
+        np.save(tmp_path / "a.npy", values)
+        mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+        for rows in [np.sort(rng.choice(shape[0], 40, replace=False)), np.arange(10, 30), np.array([5, 5, 6, 2, shape[0] - 1]), np.array([], dtype=int)]:
+            np.testing.assert_array_equal(seg.read_rows(mapped, rows), values[rows])
+            np.testing.assert_array_equal(seg.read_rows(values, rows), values[rows])
+        with open(tmp_path / "a.npy", "r+b") as fh:  # a file shorter than its header says: an error, not garbage
+            fh.truncate((tmp_path / "a.npy").stat().st_size - 8)
+        with pytest.raises(OSError, match="shorter"):
+            seg.read_rows(mapped, np.array([shape[0] - 1]))

@@ -256,7 +256,7 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
     compares that part's sketches and selfs instead: the index's nearest
     would mostly be filtered away.
     """
-    from learnware_cli.market.segments import search_sketch_index, sketch_frequencies
+    from learnware_cli.market.segments import read_rows, search_sketch_index, sketch_frequencies
     from learnware_cli.search import sketch
 
     segments_sketches, lives = view.sketches()
@@ -273,7 +273,7 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
         if use_index and segment.sketch_index is not None:
             found = search_sketch_index(segment.sketch_index, user, SKETCH_REFINE, cache_key=(getattr(segment.sketch, "filename", None), segment.name))
             found = np.sort(found[live[found]])
-            chunk = np.asarray(segment.sketch[found], dtype=np.float32)
+            chunk = read_rows(segment.sketch, found).astype(np.float32, copy=False)
             positions_parts.append(position_of[found])
             score_parts.append(_sketch_scores(chunk, user, np.asarray(segment.selfs[found], dtype=np.float64)))
         else:
