@@ -170,6 +170,27 @@ def test_the_scale_bench_runs_quick(tmp_path):
     assert rows["recall@5 two-stage vs exact, 10000"]["seconds"] >= 0.99
 
 
+@pytest.mark.slow
+def test_the_scale_bench_measures_a_market_built_before(tmp_path):
+    """LW_BENCH_SCALE_MARKET=PATH: the bench measures that market (an hour to build at 10^6) instead of building
+    one, reports its size as it is, and leaves it in place with the learnwares it added."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from learnware_cli.bench_scale import build_market
+
+    market, _ = build_market(tmp_path / "built", 3500)
+    env = dict(os.environ, LW_BENCH_DIR=str(tmp_path), LW_BENCH_SCALE_MARKET=str(market.root))
+    done = subprocess.run([sys.executable, "-m", "learnware_cli.bench", "--only", "scale", "--json"], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {row["case"]: row for row in json.loads(done.stdout)["rows"]}
+    assert "built before 3500 learnwares (bulk path)" in rows and "build 10000 learnwares (bulk path)" not in rows
+    assert rows["recall@5 two-stage vs exact, 3500"]["seconds"] >= 0.99
+    assert Market.open(market.root).count() == 3500 + 1000 + 1 + 3  # the bulk adds, then three real submits
+
+
 @pytest.fixture
 def indexed(monkeypatch):
     """Sketch indexes on small segments, and a refine budget well below a segment's rows, so the quantiser decides."""
