@@ -33,7 +33,8 @@ test-slow: install
 bench: install
 	$(BIN)/python -m learnware_cli.bench
 
-# the scale table with its 10^6 column: ~1 h on 2 cores and ~50 GB of disk (LW_BENCH_DIR: where the markets go)
+# the scale table with its 10^6 column: ~1 h on 2 cores and ~50 GB of disk (LW_BENCH_DIR: where the markets go;
+# LW_BENCH_SCALE_MARKET=PATH measures a market built before by learnware_cli.bench_scale.build_market instead)
 bench-huge: install
 	LW_BENCH_HUGE=1 $(BIN)/python -m learnware_cli.bench --only scale
 
