@@ -247,10 +247,12 @@ def _sketch_candidates(view, user_spec: RKMESpec, rows: np.ndarray) -> np.ndarra
       DEFAULT_SELF_CANDIDATES of smallest <S,S> - 2 <u,S>, <u,S> computed
       exactly (float32 kernels). Why: a learnware whose data barely touch the
       user's has <u,S> ~ 1e-4, below the sketch's noise on s . u (~3e-3 at
-      D = 1024), yet in a market of 10^6 such learnwares with small <S,S>
-      fill the exact top 5 (search.sketch.candidates says why <S,S> decides
-      there; a fixed list of the 64 smallest missed 1 of 50 top-5 slots at
-      10^6). The pool is user-independent and kept per process.
+      D = 512), yet learnwares with small <S,S> fill the exact top 5 when few
+      resemble the user (search.sketch.candidates says why <S,S> decides
+      there), and with a little overlap one whose <S,S> is small but not the
+      smallest can take a slot (the plain 64 smallest would miss it; on the
+      10^6 bench market no such case occurred in 100 users). The pool is
+      user-independent and kept per process.
 
     A search restricted to a small part of the island (a semantic filter)
     compares that part's sketches and selfs instead: the index's nearest
