@@ -317,9 +317,13 @@ def test_show_builds_the_vocabulary_from_the_learnwares_that_describe_columns(tm
     def everything(*args, **kwargs):
         raise AssertionError("read the whole index")
 
+    listed_rows = sorted((f.to_dict() for f in every.features.values()), key=lambda r: (-r["learnwares"], r["id"]))
     monkeypatch.setattr(Market, "read_index", everything)
     code, shown = lw_json("show", "00000005", "--market", market.root)
     assert code == 0 and shown["features"] == expected, shown
+    code, listed = lw_json("features", "--market", market.root)  # `lw features`: the same document as from every entry
+    assert code == 0 and listed["features"] == listed_rows and listed["count"] == len(listed_rows)
+    assert listed["undescribed_columns"] == every.undescribed_columns() == 5 * bp.DIM, listed  # five plain learnwares
     with sqlite3.connect(market.root / "index.sqlite") as conn:
         plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN SELECT id, semantic FROM learnwares WHERE {DESCRIBES_COLUMNS} ORDER BY id"))
     assert "learnwares_with_features" in plan, plan

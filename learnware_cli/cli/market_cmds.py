@@ -153,9 +153,11 @@ def features(
     from learnware_cli.market.features import FUZZY_THRESHOLD, build_vocabulary
 
     opened = open_market(market)
-    vocabulary = build_vocabulary(opened.entries())
+    # only the learnwares that describe or name a column add features (a partial index lists them); the others'
+    # columns are counted as undescribed in SQLite: no command here reads every entry
+    vocabulary = build_vocabulary(opened.feature_entries())
     rows = sorted((f.to_dict() for f in vocabulary.features.values()), key=lambda r: (-r["learnwares"], r["id"]))
-    undescribed = vocabulary.undescribed_columns()
+    undescribed = vocabulary.undescribed_columns() + opened.undescribed_elsewhere()
     data = {"ok": True, "market": str(opened.root), "count": len(rows), "features": rows, "undescribed_columns": undescribed, "fuzzy_threshold": FUZZY_THRESHOLD}
 
     def human(console):

@@ -502,6 +502,20 @@ class Market:
             return [(row[0], 1.0) for row in rows]
         return [(row[0], score) for row, score in text_scores(rows, text, haystacks=lambda row: [str(h or "").lower() for h in row[1:]])]
 
+    def undescribed_elsewhere(self) -> int:
+        """Input columns of the learnwares that describe none (not in feature_entries): what
+        build_vocabulary(every entry).undescribed_columns() adds to that of feature_entries(), summed in SQLite
+        (an Input object whose Dimension is a non-negative integer, as features._input_block reads it)."""
+        from learnware_cli.market.catalog import DESCRIBES_COLUMNS
+
+        dimension = "json_extract(semantic, '$.Input.Dimension')"
+        with self._reading() as conn:
+            (total,) = conn.execute(
+                f"SELECT coalesce(sum({dimension}), 0) FROM learnwares WHERE NOT ({DESCRIBES_COLUMNS}) "
+                f"AND json_type(semantic, '$.Input') = 'object' AND json_type(semantic, '$.Input.Dimension') = 'integer' AND {dimension} >= 0"
+            ).fetchone()
+        return int(total)
+
     def holders_of(self, checksum: str) -> list[tuple[str, int]]:
         """(id, version) of every stored version whose package.zip has this sha256 (an index lookup)."""
         with self._reading() as conn:
